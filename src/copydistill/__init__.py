@@ -1,0 +1,3 @@
+"""copydistill: image copy detection descriptors — SSCD baseline, memory-bank distillation, evaluation."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Dataset layouts (DISC21, Copydays), ground truth and the embedded benchmark generator."""

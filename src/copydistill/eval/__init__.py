@@ -1,0 +1,1 @@
+"""Evaluation: metrics, embedding, matching, score normalisation, drivers and reports."""

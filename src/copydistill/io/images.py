@@ -1,0 +1,103 @@
+"""Listing and robust decoding of image files.
+
+Every image comes out as an 8-bit RGB ``PIL.Image`` with its EXIF orientation applied, whatever
+its mode on disk (palette with transparency, LA, RGBA, CMYK, 16-bit grey, ...). Files that cannot
+be used raise a typed :class:`~copydistill.errors.ImageError` naming the file.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from copydistill.errors import (
+    DataLayoutError,
+    DecompressionBombError,
+    EmptyImageFileError,
+    NotAnImageError,
+    TruncatedImageError,
+)
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+)
+DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own hard limit (2 x MAX_IMAGE_PIXELS)
+BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white
+
+
+def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """All image files under ``folder`` (by extension, hidden files skipped), sorted by path."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataLayoutError(f"{folder}: not a folder. Pass a folder that holds images.")
+    pattern = "**/*" if recursive else "*"
+    found = [
+        p
+        for p in folder.glob(pattern)
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    ]
+    return sorted(found)
+
+
+def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode ``path`` into an RGB image with EXIF orientation applied.
+
+    Raises EmptyImageFileError, NotAnImageError, TruncatedImageError or DecompressionBombError.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise NotAnImageError(path, f"cannot read the file ({err.strerror})") from err
+    if size == 0:
+        raise EmptyImageFileError(path, "the file has 0 bytes; re-copy or delete it")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                if opened.width * opened.height > max_pixels:
+                    raise DecompressionBombError(
+                        path,
+                        f"{opened.width}x{opened.height} pixels exceeds the limit of {max_pixels}",
+                    )
+                opened.load()
+                image = ImageOps.exif_transpose(opened)
+                return to_rgb(image)
+    except (DecompressionBombError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        if isinstance(err, DecompressionBombError):
+            raise
+        raise DecompressionBombError(path, str(err)) from err
+    except UnidentifiedImageError as err:
+        raise NotAnImageError(path, "the file is not in an image format Pillow can read") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise TruncatedImageError(path, f"decoding failed ({err})") from err
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB; transparency is composited onto white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
+        array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(array, mode="L").convert("RGB")
+    if image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        lo, hi = float(array.min()), float(array.max())
+        array = (array - lo) / (hi - lo if hi > lo else 1.0) * 255.0
+        return Image.fromarray(array.astype(np.uint8), mode="L").convert("RGB")
+    if image.mode in ("LA", "PA", "RGBa", "La"):
+        image = image.convert("RGBA")
+    if image.mode == "RGBA":
+        canvas = Image.new("RGB", image.size, BACKGROUND)
+        canvas.paste(image, mask=image.getchannel("A"))
+        return canvas
+    return image.convert("RGB")

@@ -1,0 +1,150 @@
+"""Student and teacher trunks by name, and the SSCD embedding head (method.md §1.1, §2.3).
+
+Every model is trunk -> GeM(p=3) -> Linear(width -> dims) -> L2. Trunks come from torchvision
+(the seed's students) or timm (anything else timm knows), always randomly initialised here:
+weights arrive through checkpoints, never downloads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from copydistill.errors import ModelSpecError
+from copydistill.models.gem import GeM, L2Norm, PixelInput
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@dataclass(frozen=True)
+class Trunk:
+    module: nn.Module  # float NCHW -> feature map (N, width, h, w)
+    width: int
+
+
+def _torchvision_resnet(name: str) -> Trunk:
+    import torchvision
+
+    net = getattr(torchvision.models, name)(weights=None, zero_init_residual=True)
+    body = nn.Sequential(
+        net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
+    )
+    return Trunk(body, net.fc.in_features)
+
+
+def _torchvision_features(name: str) -> Trunk:
+    import torchvision
+
+    net = getattr(torchvision.models, name)(weights=None)
+    width = _infer_width(net.features)
+    return Trunk(net.features, width)
+
+
+def _torchvision_regnet(name: str) -> Trunk:
+    import torchvision
+
+    net = getattr(torchvision.models, name)(weights=None)
+    for module in net.modules():  # zero-init the last BN of each residual branch (§1.1 init note)
+        if hasattr(module, "f") and hasattr(module.f, "c") and hasattr(module.f.c, "1"):
+            bn = module.f.c[1]
+            if isinstance(bn, nn.BatchNorm2d):
+                nn.init.zeros_(bn.weight)
+    return Trunk(nn.Sequential(net.stem, net.trunk_output), net.fc.in_features)
+
+
+class _TimmFeatures(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_features(x)
+
+
+def _timm(name: str) -> Trunk:
+    import timm
+
+    try:
+        net = timm.create_model(name, pretrained=False, num_classes=0, global_pool="")
+    except RuntimeError as err:
+        raise ModelSpecError(f"timm does not know the model {name!r}: {err}") from err
+    module = _TimmFeatures(net)
+    return Trunk(module, _infer_width(module))
+
+
+def _infer_width(module: nn.Module, size: int = 64) -> int:
+    was_training = module.training
+    module.eval()
+    with torch.no_grad():
+        out = module(torch.zeros(1, 3, size, size))
+    module.train(was_training)
+    if out.ndim != 4:
+        raise ModelSpecError(f"trunk returns a {out.ndim}-d tensor; a feature map (N, C, H, W) is needed")
+    return int(out.shape[1])
+
+
+TRUNKS: dict[str, Callable[[], Trunk]] = {
+    "resnet18": lambda: _torchvision_resnet("resnet18"),
+    "resnet50": lambda: _torchvision_resnet("resnet50"),
+    "efficientnet_b0": lambda: _torchvision_features("efficientnet_b0"),
+    "mobilenet_v3_large": lambda: _torchvision_features("mobilenet_v3_large"),
+    "regnet_y_800mf": lambda: _torchvision_regnet("regnet_y_800mf"),
+    "mobilevit_s": lambda: _timm("mobilevit_s"),
+    "mobilenetv4_conv_small": lambda: _timm("mobilenetv4_conv_small"),
+    "fastvit_t12": lambda: _timm("fastvit_t12"),
+}
+STUDENTS = (
+    "resnet18",
+    "efficientnet_b0",
+    "mobilenet_v3_large",
+    "regnet_y_800mf",
+    "mobilevit_s",
+    "mobilenetv4_conv_small",
+    "fastvit_t12",
+)
+
+
+def build_trunk(name: str) -> Trunk:
+    """A registered trunk, or any timm model name prefixed with ``timm/``."""
+    if name in TRUNKS:
+        return TRUNKS[name]()
+    if name.startswith("timm/"):
+        return _timm(name.removeprefix("timm/"))
+    raise ModelSpecError(
+        f"unknown architecture {name!r}; known: {', '.join(TRUNKS)} (or timm/<any timm model>)"
+    )
+
+
+class EmbeddingModel(nn.Module):
+    """trunk -> GeM(p) -> Linear(width -> dims) -> L2 (method.md §1.1). Input: normalised NCHW."""
+
+    def __init__(self, arch: str, dims: int = 512, gem_p: float = 3.0):
+        super().__init__()
+        trunk = build_trunk(arch)
+        self.arch = arch
+        self.dims = dims
+        self.trunk = trunk.module
+        self.pool = GeM(gem_p)
+        self.fc = nn.Linear(trunk.width, dims)
+        nn.init.xavier_uniform_(self.fc.weight)
+        nn.init.zeros_(self.fc.bias)
+        self.norm = L2Norm()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.fc(self.pool(self.trunk(x))))
+
+
+class PixelModel(nn.Module):
+    """uint8 NHWC RGB -> descriptors: the model with its normalisation inside (for export too)."""
+
+    def __init__(self, model: nn.Module, mean=None, std=None):
+        super().__init__()
+        self.input = PixelInput(*(a for a in (mean, std) if a is not None))
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(self.input(pixels))

@@ -1,0 +1,40 @@
+"""Generalised-mean pooling and the L2 normalisation layer (method.md §1.1)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class GeM(nn.Module):
+    """g_c = (mean_{h,w} max(x, eps)^p)^(1/p) with a fixed p (SSCD uses p = 3, not learned)."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6):
+        super().__init__()
+        self.p = p
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(min=self.eps).pow(self.p).mean(dim=(-2, -1)).pow(1.0 / self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class L2Norm(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1)
+
+
+class PixelInput(nn.Module):
+    """uint8 RGB NHWC pixels -> ImageNet-normalised float NCHW, so models own their preprocessing."""
+
+    def __init__(self, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0, persistent=False)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.permute(0, 3, 1, 2).float()
+        return (x - self.mean) / self.std

