@@ -76,7 +76,7 @@ def read_ground_truth(path: str | Path) -> list[GroundTruthPair]:
     if not path.is_file():
         raise DataLayoutError(f"{path}: ground-truth CSV not found")
     pairs = []
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         for line_no, row in enumerate(csv.reader(handle), start=1):
             if not row or (line_no == 1 and row[0].strip().lower() == "query_id"):
                 continue

@@ -24,7 +24,10 @@ from copydistill.errors import (
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 )
-DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own hard limit (2 x MAX_IMAGE_PIXELS)
+DEFAULT_MAX_PIXELS = 178_956_970  # the same default as Pillow's hard limit (2 x MAX_IMAGE_PIXELS)
+# ``load_image(max_pixels=...)`` is the one limit that applies; Pillow's global cap would otherwise
+# refuse images above 2 x its own limit whatever the caller asked for.
+Image.MAX_IMAGE_PIXELS = None
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white
 
 
@@ -58,7 +61,8 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
         raise EmptyImageFileError(path, "the file has 0 bytes; re-copy or delete it")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # our own max_pixels decides below; Pillow still refuses > 2x its limit outright
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as opened:
                 if opened.width * opened.height > max_pixels:
                     raise DecompressionBombError(
@@ -68,9 +72,9 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
                 opened.load()
                 image = ImageOps.exif_transpose(opened)
                 return to_rgb(image)
-    except (DecompressionBombError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        if isinstance(err, DecompressionBombError):
-            raise
+    except DecompressionBombError:
+        raise
+    except Image.DecompressionBombError as err:
         raise DecompressionBombError(path, str(err)) from err
     except UnidentifiedImageError as err:
         raise NotAnImageError(path, "the file is not in an image format Pillow can read") from err

@@ -1,0 +1,1 @@
+"""Augmentations: AugLy compatibility, SSCD settings, mixup."""
