@@ -39,7 +39,7 @@ class BenchmarkSize:
     unmatched_queries: int  # edited images whose source is not among the references
     train: int
     long_side: tuple[int, int]
-    hard_share: float = 0.25
+    hard_share: float = 0.2
 
 
 SIZES = {
@@ -183,6 +183,7 @@ def make_benchmark(
         ):
             results.append(result)
     n_refs = len(reference_sources)
+    reference_names = results[:n_refs]
     query_records = results[n_refs : n_refs + len(query_sources)]
     train_sources = results[n_refs + len(query_sources) :]
 
@@ -203,6 +204,7 @@ def make_benchmark(
         "train": spec.train,
         "eval_photos": [Path(p).name for p in plan.eval_photos],
         "train_photos": [Path(p).name for p in plan.train_photos],
+        "reference_sources": dict(zip((reference_id[s] for s in reference_sources), reference_names, strict=True)),
         "train_sources": train_sources,
     }
     atomic_write_text(out / "benchmark.json", json.dumps(meta, indent=1))

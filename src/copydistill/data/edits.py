@@ -35,7 +35,7 @@ def _colour(rng: np.random.Generator) -> tuple[int, int, int]:
 
 
 def _crop(img, rng, other, hard):
-    area = rng.uniform(0.08, 0.25) if hard else rng.uniform(0.25, 0.85)
+    area = rng.uniform(0.12, 0.3) if hard else rng.uniform(0.3, 0.85)
     aspect = np.exp(rng.uniform(-0.4, 0.4))
     w = min(1.0, np.sqrt(area * aspect))
     h = min(1.0, area / w)
@@ -79,7 +79,7 @@ def _onto_background(img, rng, other, hard):
     name, background = other(rng)
     p = {
         "background": name,
-        "overlay_size": round(rng.uniform(0.3, 0.45) if hard else rng.uniform(0.45, 0.85), 3),
+        "overlay_size": round(rng.uniform(0.4, 0.55) if hard else rng.uniform(0.55, 0.9), 3),
         "opacity": round(rng.uniform(0.8, 1.0), 3),
         "x_pos": round(rng.uniform(0, 0.5), 3),
         "y_pos": round(rng.uniform(0, 0.5), 3),

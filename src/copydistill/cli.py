@@ -1,0 +1,205 @@
+"""The ``copydistill`` command. Parses arguments and calls the library; nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from copydistill.errors import CopydistillError  # noqa: E402
+
+
+def _add_model_options(p: argparse.ArgumentParser, multiple: bool = False) -> None:
+    if multiple:
+        p.add_argument("--model", action="append", required=True, metavar="SPEC",
+                       help="model spec (repeat to compare): phash, sscd-int8, onnx:PATH, "
+                            "torchscript:PATH, resnet18, ... (see `copydistill models list`)")
+    else:
+        p.add_argument("--model", required=True, metavar="SPEC", help="model spec")
+    p.add_argument("--resize", default=None, metavar="POLICY",
+                   help="short:288 (default, SSCD's protocol), square:288, long:800 or none")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime")
+    p.add_argument("--on-error", choices=("skip", "fail"), default="skip",
+                   help="undecodable images: skip them (listed in skipped.tsv) or stop")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="copydistill", description="Image copy detection: train, distill, evaluate, search."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
+    mb = data.add_parser("make-benchmark", help="write the embedded DISC21-layout benchmark")
+    mb.add_argument("--size", choices=("tiny", "small", "medium"), default="small")
+    mb.add_argument("--seed", type=int, default=0)
+    mb.add_argument("--out", type=Path, required=True)
+    mb.add_argument("--photos", type=Path, action="append", default=[],
+                    help="extra folder of your own photos (repeatable)")
+    mb.add_argument("--debian-photos", action="store_true",
+                    help="add Debian wallpaper photos (apt-get download, cached on first use)")
+    mb.add_argument("--workers", type=int, default=None)
+
+    emb = sub.add_parser("embed", help="embed a folder of images (resumable)")
+    _add_model_options(emb)
+    emb.add_argument("--images", type=Path, required=True)
+    emb.add_argument("--out", type=Path, required=True, help="output folder (embeddings.npz)")
+    emb.add_argument("--hdf5", type=Path, default=None, help="also export ISC descriptor HDF5")
+
+    ev = sub.add_parser("eval", help="evaluate descriptors").add_subparsers(dest="eval_command", required=True)
+    disc = ev.add_parser("disc", help="DISC21 protocol (µAP, Acc@1, R@P90) on a DISC-layout folder")
+    disc.add_argument("--data", type=Path, required=True)
+    _add_model_options(disc, multiple=True)
+    disc.add_argument("--out", type=Path, required=True)
+    disc.add_argument("--score-norm", choices=("sscd", "isc", "none"), default="sscd",
+                      help="score normalisation against the train split (reported beside raw)")
+    disc.add_argument("--codec", action="store_true", help="also evaluate PCAW{d},L2norm,Flat")
+    disc.add_argument("--codec-dims", type=int, default=None)
+    disc.add_argument("--k", type=int, default=10, help="results per query (kNN)")
+    disc.add_argument("--global-candidates", type=int, default=None, metavar="N",
+                      help="keep the N best pairs overall instead of k per query (ISC track 2)")
+    for name in ("queries", "references", "train", "ground-truth"):
+        disc.add_argument(f"--{name}", default=None, help=f"override the {name} path (relative to --data)")
+    disc.add_argument("--no-report", action="store_true")
+
+    cd = ev.add_parser("copydays", help="Copydays (+ distractors): strong mAP and overall µAP")
+    cd.add_argument("--data", type=Path, required=True, help="Copydays folder (original/, strong/, ...)")
+    _add_model_options(cd)
+    cd.add_argument("--distractors", type=Path, default=None, help="folder of distractor images (CD10K)")
+    cd.add_argument("--whitening", type=Path, default=None, help="folder to train PCAW on")
+    cd.add_argument("--codec-dims", type=int, default=None)
+    cd.add_argument("--k", type=int, default=100)
+    cd.add_argument("--out", type=Path, required=True)
+
+    models = sub.add_parser("models", help="model registry").add_subparsers(dest="models_command", required=True)
+    ml = models.add_parser("list", help="students and teachers with parameters and GFLOPs")
+    ml.add_argument("--no-flops", action="store_true", help="skip the GFLOPs count (faster)")
+
+    from copydistill.search.cli import register as register_search
+
+    SEARCH_COMMANDS.update(register_search(sub))
+
+    qs = sub.add_parser("quickstart", help="the one-command demo on the embedded benchmark")
+    qs.add_argument("--out", type=Path, default=Path("runs/quickstart"))
+    qs.add_argument("--size", choices=("tiny", "small", "medium"), default="small")
+    qs.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _cmd_make_benchmark(args) -> None:
+    from copydistill.data.benchmark import make_benchmark
+
+    out = make_benchmark(args.out, args.size, args.seed, args.photos, args.debian_photos, args.workers)
+    meta = json.loads((out / "benchmark.json").read_text())
+    print(f"benchmark {args.size} (seed {args.seed}) in {out}: {meta['references']} references, "
+          f"{meta['queries']} queries ({meta['matched_queries']} with a match), {meta['train']} train")
+
+
+def _load(args, spec: str):
+    from copydistill.models import load_descriptor
+
+    return load_descriptor(spec, resize=args.resize, threads=args.threads, batch_size=args.batch_size)
+
+
+def _cmd_embed(args) -> None:
+    from copydistill.data.disc import records_from_folder
+    from copydistill.eval.embed import embed_records
+
+    descriptor = _load(args, args.model)
+    result = embed_records(descriptor, records_from_folder(args.images), args.out, on_error=args.on_error)
+    if args.hdf5:
+        result.export_isc_hdf5(args.hdf5)
+    print(f"{len(result)} images embedded ({result.dims} dims) into {args.out / 'embeddings.npz'}")
+    _report_skipped(args.out / "skipped.tsv")
+
+
+def _report_skipped(*lists: Path) -> None:
+    lines = [line for path in lists if path.is_file() for line in path.read_text().splitlines()]
+    if lines:
+        print(f"{len(lines)} undecodable file(s) skipped; listed in " + ", ".join(str(p) for p in lists if p.is_file()))
+
+
+def _cmd_eval_disc(args) -> None:
+    from copydistill.data.disc import DiscLayout
+    from copydistill.eval.disc import evaluate_disc, format_table
+    from copydistill.eval.report import write_report
+
+    layout = DiscLayout.find(args.data, args.queries, args.references, args.train, args.ground_truth)
+    results = []
+    for spec in args.model:
+        descriptor = _load(args, spec)
+        out = args.out if len(args.model) == 1 else args.out / spec.replace(":", "_").replace("/", "_")
+        results.append(
+            evaluate_disc(layout, descriptor, out, k=args.k, score_norm=args.score_norm,
+                          codec=args.codec, codec_dims=args.codec_dims,
+                          max_results=args.global_candidates, on_error=args.on_error)
+        )
+        _report_skipped(*(out / "embeddings" / s / "skipped.tsv" for s in ("queries", "references", "train")))
+    print(format_table([r.summary() for r in results]))
+    if not args.no_report:
+        report = write_report(results, args.out / "report.html", title=f"DISC evaluation: {args.data}")
+        print(f"report: {report}")
+    print(f"metrics: {', '.join(str(r.out / 'disc_metrics.csv') for r in results)}")
+
+
+def _cmd_eval_copydays(args) -> None:
+    from copydistill.eval.copydays import evaluate_copydays
+
+    descriptor = _load(args, args.model)
+    rows = evaluate_copydays(args.data, descriptor, args.out, distractors=args.distractors,
+                             whitening=args.whitening, codec_dims=args.codec_dims, k=args.k,
+                             on_error=args.on_error)
+    print(f"{'codec':<24} {'strong mAP':>10} {'overall µAP':>12}")
+    for row in rows:
+        print(f"{row['codec']:<24} {row['strong_mAP']:>10.4f} {row['overall_uAP']:>12.4f}")
+    print(f"metrics: {args.out / 'copydays_metrics.csv'}")
+
+
+def _cmd_models_list(args) -> None:
+    from copydistill.models.summary import model_table
+
+    print(model_table(flops=not args.no_flops))
+
+
+def _cmd_quickstart(args) -> None:
+    from copydistill.quickstart import run_quickstart
+
+    run_quickstart(args.out, size=args.size, seed=args.seed)
+
+
+COMMANDS = {
+    ("data", "make-benchmark"): _cmd_make_benchmark,
+    ("embed", None): _cmd_embed,
+    ("eval", "disc"): _cmd_eval_disc,
+    ("eval", "copydays"): _cmd_eval_copydays,
+    ("models", "list"): _cmd_models_list,
+    ("quickstart", None): _cmd_quickstart,
+}
+
+
+SEARCH_COMMANDS: dict = {}  # filled by copydistill.search.cli.register: (command, sub) -> handler
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    sub = getattr(args, f"{args.command}_command", None)
+    handler = COMMANDS.get((args.command, sub)) or SEARCH_COMMANDS[(args.command, sub)]
+    try:
+        handler(args)
+    except CopydistillError as err:
+        print(f"copydistill: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("copydistill: interrupted; finished work is kept and the next run resumes from it",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""``copydistill models list``: every registered architecture with size and cost."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from copydistill.models.backbones import STUDENTS, TRUNKS, EmbeddingModel
+
+
+def count_gflops(model: torch.nn.Module, size: int = 224) -> float:
+    """Forward GFLOPs of one image (multiply-add = 2 FLOPs), counted by torch's FlopCounterMode."""
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, size, size))
+    return counter.get_total_flops() / 1e9
+
+
+def model_table(flops: bool = True, dims: int = 512) -> str:
+    lines = [f"{'name':<24} {'role':<8} {'params (M)':>10} {'width':>6} {'GFLOPs@224':>11}"]
+    for name in TRUNKS:
+        model = EmbeddingModel(name, dims=dims)
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        width = model.fc.in_features
+        gflops = f"{count_gflops(model):.2f}" if flops else "–"
+        role = "student" if name in STUDENTS else "teacher"
+        lines.append(f"{name:<24} {role:<8} {params:>10.2f} {width:>6} {gflops:>11}")
+    lines.append("also: phash, sscd-int8, onnx:PATH, torchscript:PATH, timm/<any timm model>")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Practical copy detection: a persistent reference index, search, dedup, calibration."""

@@ -1,0 +1,13 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_benchmark(tmp_path_factory):
+    """The tiny embedded benchmark, built once per test session."""
+    from copydistill.data.benchmark import make_benchmark
+
+    return make_benchmark(tmp_path_factory.mktemp("bench") / "tiny", "tiny", seed=0, progress=False)
