@@ -197,7 +197,7 @@ def test_copydays_metrics_on_hand_made_vectors(tmp_path):
     # queries: original 0, original 1, strong of 0 (near 0), strong of 1 (nearer to original 0)
     queries = np.stack([e0, e1, np.array([0.9, 0.1]), np.array([0.8, 0.6])]).astype(np.float32)
     index_ids = [o.id for o in layout.originals]
-    result = copydays_metrics(layout, queries, index_ids, np.stack([e0, e1]), k=100)
+    result = copydays_metrics(layout, layout.queries, queries, index_ids, np.stack([e0, e1]), k=100)
     # strong/100001 finds its original first (AP 1); strong/110001 second (AP ½·(0 + ½) = 0.25)
     assert result["strong_mAP"] == pytest.approx((1.0 + 0.25) / 2)
     assert result["block_mAP"] == {"original": pytest.approx(1.0), "strong": pytest.approx(0.625)}
@@ -265,9 +265,13 @@ def test_duplicate_distractor_lowers_overall_uap(copydays_root, tmp_path):
     """An exact duplicate of an original among the distractors ties with it; ties count against."""
     descriptor = load_descriptor("phash")
     distractors = make_folder(tmp_path / "distractors", range(700, 702))
-    plain = evaluate_copydays(copydays_root, descriptor, tmp_path / "plain", distractors=distractors)[0]
+    plain = evaluate_copydays(
+        copydays_root, descriptor, tmp_path / "plain", distractors=distractors
+    )[0]
     shutil.copy(copydays_root / "original" / "200200.jpg", distractors / "dup.jpg")
-    with_dup = evaluate_copydays(copydays_root, descriptor, tmp_path / "dup", distractors=distractors)[0]
+    with_dup = evaluate_copydays(
+        copydays_root, descriptor, tmp_path / "dup", distractors=distractors
+    )[0]
     assert with_dup["overall_uAP"] < plain["overall_uAP"]
 
 
@@ -288,12 +292,6 @@ def test_evaluate_copydays_sscd_int8_light_edits(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    reason="BUG eval/copydays.py evaluate_copydays: when an original cannot be decoded the layout "
-    "is rebuilt without it, so the positional jpegqual/crops mapping (CopydaysLayout.positives) "
-    "shifts onto the wrong originals and the last copy raises IndexError",
-    strict=False,
-)
 def test_undecodable_original_keeps_the_copy_mapping(copydays_root, tmp_path):
     (copydays_root / "original" / "200200.jpg").write_bytes(b"")
     row = evaluate_copydays(copydays_root, load_descriptor("phash"), tmp_path / "out")[0]
@@ -303,14 +301,10 @@ def test_undecodable_original_keeps_the_copy_mapping(copydays_root, tmp_path):
     assert row["block_mAP"]["jpegqual/50"] >= 5 / 6 - 1e-9
 
 
-@pytest.mark.xfail(
-    reason="BUG eval/copydays.py evaluate_copydays: with a 1-image whitening folder "
-    "dims = min(..., len(train) - 1) = 0 and a meaningless PCAW0 codec is 'trained' and reported "
-    "instead of a clear CopydistillError",
-    strict=False,
-)
 def test_whitening_folder_too_small_is_a_clear_error(copydays_root, tmp_path):
     whitening = make_folder(tmp_path / "whitening", range(800, 801))
     with pytest.raises(CopydistillError) as info:
-        evaluate_copydays(copydays_root, load_descriptor("phash"), tmp_path / "out", whitening=whitening)
+        evaluate_copydays(
+            copydays_root, load_descriptor("phash"), tmp_path / "out", whitening=whitening
+        )
     assert "whitening" in str(info.value) or "train vectors" in str(info.value)

@@ -150,7 +150,8 @@ def test_phash_inner_product_is_hamming_similarity():
     for i in range(3):
         for j in range(3):
             hamming = hashes[i] - hashes[j]
-            assert float(vectors[i] @ vectors[j]) == pytest.approx(1.0 - 2.0 * hamming / 64.0, abs=1e-6)
+            expected = 1.0 - 2.0 * hamming / 64.0
+            assert float(vectors[i] @ vectors[j]) == pytest.approx(expected, abs=1e-6)
     # the edited copy is closer to its source than the unrelated image is (a sanity check)
     assert hashes[0] - hashes[1] < hashes[0] - hashes[2]
 

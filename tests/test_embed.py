@@ -14,7 +14,12 @@ from PIL import Image
 
 from copydistill.data.disc import ImageRecord, records_from_folder
 from copydistill.data.procedural import procedural_image
-from copydistill.errors import CopydistillError, EmptyImageFileError, ImageError, TruncatedImageError
+from copydistill.errors import (
+    CopydistillError,
+    EmptyImageFileError,
+    ImageError,
+    TruncatedImageError,
+)
 from copydistill.eval import embed as embed_module
 from copydistill.eval.embed import Embeddings, embed_records
 from copydistill.models.descriptor import ResizePolicy
@@ -101,7 +106,8 @@ def test_skip_without_out_dir(messy_folder):
 
 
 @pytest.mark.parametrize(
-    "name, error_type", [("bad_truncated.jpg", TruncatedImageError), ("bad_empty.jpg", EmptyImageFileError)]
+    "name, error_type",
+    [("bad_truncated.jpg", TruncatedImageError), ("bad_empty.jpg", EmptyImageFileError)],
 )
 def test_fail_raises_typed_error(tmp_path, name, error_type):
     folder = tmp_path / "images"
@@ -216,7 +222,8 @@ def _sample_embeddings(n: int = 5, dims: int = 8) -> Embeddings:
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(n, dims)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    return Embeddings([f"R{i:06d}" for i in range(n)], vectors, [f"/data/R{i:06d}.jpg" for i in range(n)])
+    ids = [f"R{i:06d}" for i in range(n)]
+    return Embeddings(ids, vectors, [f"/data/{i}.jpg" for i in ids])
 
 
 def test_embeddings_save_load_round_trip(tmp_path):
@@ -277,7 +284,9 @@ def test_embed_records_explicit_records(tmp_path):
     assert result.ids == ["Q00007"] and result.paths == [str(path)]
 
 
-def test_interrupted_parts_of_another_image_list_are_not_reused(seven_images, tmp_path, monkeypatch):
+def test_interrupted_parts_of_another_image_list_are_not_reused(
+    seven_images, tmp_path, monkeypatch
+):
     monkeypatch.setattr(embed_module, "CHUNK", 2)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from copydistill.data.copydays import CopydaysLayout
+from copydistill.data.copydays import CopydaysImage, CopydaysLayout
 from copydistill.data.disc import ImageRecord, records_from_folder
+from copydistill.errors import CopydistillError
 from copydistill.eval.embed import Embeddings, OnError, embed_records
 from copydistill.eval.matching import PCAWhitening, knn_search
 from copydistill.io.atomic import atomic_write_text
@@ -40,19 +41,21 @@ def trapezoid_ap(ranked_positive: list[bool] | np.ndarray, num_positives: int) -
 
 
 def copydays_metrics(
-    layout: CopydaysLayout, query_vectors: np.ndarray, index_ids: list[str], index_vectors: np.ndarray,
-    k: int = 100,
+    layout: CopydaysLayout, queries: list[CopydaysImage], query_vectors: np.ndarray,
+    index_ids: list[str], index_vectors: np.ndarray, k: int = 100,
 ) -> dict:
+    """Metrics of ``queries`` (those that could be embedded); positives come from the full layout,
+    so a copy whose original is missing from the index counts as a miss."""
     sims, idx = knn_search(query_vectors, index_vectors, k)
     per_block: dict[str, list[float]] = {}
     pooled: list[tuple[float, bool]] = []
-    for qi, query in enumerate(layout.queries):
+    for qi, query in enumerate(queries):
         positives = layout.positives(query)
         ranked = [index_ids[j] in positives for j in idx[qi] if j >= 0]
         per_block.setdefault(query.block, []).append(trapezoid_ap(ranked, len(positives)))
         pooled += [(float(s), hit) for s, hit, j in zip(sims[qi], ranked, idx[qi], strict=False) if j >= 0]
     pooled.sort(key=lambda x: (-x[0], x[1]))  # ties: negatives first
-    overall = trapezoid_ap([hit for _, hit in pooled], len(layout.queries))
+    overall = trapezoid_ap([hit for _, hit in pooled], len(queries))
     block_map = {b: float(np.mean(v)) for b, v in per_block.items()}
     return {"strong_mAP": block_map.get("strong", float("nan")), "overall_uAP": overall,
             "block_mAP": block_map}
@@ -69,26 +72,32 @@ def evaluate_copydays(
         descriptor, [ImageRecord(q.id, q.path) for q in layout.queries], out / "embeddings" / "copydays",
         on_error=on_error, desc="copydays",
     )
-    kept = set(queries.ids)
-    if len(kept) != len(layout.queries):
-        layout = CopydaysLayout(layout.root, [o for o in layout.originals if o.id in kept],
-                                [q for q in layout.queries if q.id in kept])
     by_id = dict(zip(queries.ids, queries.vectors, strict=True))
-    index = Embeddings([o.id for o in layout.originals], np.stack([by_id[o.id] for o in layout.originals]))
+    kept_queries = [q for q in layout.queries if q.id in by_id]
+    kept_originals = [o for o in layout.originals if o.id in by_id]
+    if not kept_originals:
+        raise CopydistillError(f"{layout.root / 'original'}: no original could be decoded")
+    index = Embeddings([o.id for o in kept_originals], np.stack([by_id[o.id] for o in kept_originals]))
     if distractors is not None:
         extra = embed_records(descriptor, records_from_folder(distractors), out / "embeddings" / "distractors",
                               on_error=on_error, desc="distractors")
         index = Embeddings(index.ids + [f"distractor/{i}" for i in extra.ids],
                            np.concatenate([index.vectors, extra.vectors]))
-    query_vectors = np.stack([by_id[q.id] for q in layout.queries])
-    rows = [{"codec": "Flat", **copydays_metrics(layout, query_vectors, index.ids, index.vectors, k)}]
+    query_vectors = np.stack([by_id[q.id] for q in kept_queries])
+    rows = [{"codec": "Flat", **copydays_metrics(layout, kept_queries, query_vectors, index.ids,
+                                                  index.vectors, k)}]
     if whitening is not None:
         train = embed_records(descriptor, records_from_folder(whitening), out / "embeddings" / "whitening",
                               on_error=on_error, desc="whitening")
-        dims = min(codec_dims or descriptor.dims, descriptor.dims, len(train) - 1)
+        dims = min(descriptor.dims if codec_dims is None else codec_dims, descriptor.dims)
+        if len(train) <= dims:
+            raise CopydistillError(
+                f"{whitening}: {len(train)} whitening images are too few for a {dims}-d PCA "
+                f"whitening; use more than {dims} images or a smaller --codec-dims"
+            )
         codec = PCAWhitening(dims).fit(train.vectors)
         rows.append({"codec": codec.factory, **copydays_metrics(
-            layout, codec.apply(query_vectors), index.ids, codec.apply(index.vectors), k)})
+            layout, kept_queries, codec.apply(query_vectors), index.ids, codec.apply(index.vectors), k)})
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["codec", "strong_mAP", "overall_uAP"])

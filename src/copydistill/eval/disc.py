@@ -144,6 +144,9 @@ def evaluate_disc(
                 predictions = global_predictions(q, r, max_results, bias)
             else:
                 predictions = knn_predictions(q, r, k, bias)
+            # scores as the CSV stores them (6 decimals), so the official scorer run on our
+            # predictions file gives exactly the numbers we report
+            predictions = [Prediction(p.query, p.reference, round(p.score, 6)) for p in predictions]
             label = _norm_label(norm)
             file = f"predictions_{codec_name.replace(',', '_')}_{'sn' if norm != 'none' else 'raw'}.csv"
             write_predictions(out / file, predictions)

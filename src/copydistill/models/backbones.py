@@ -120,22 +120,40 @@ def build_trunk(name: str) -> Trunk:
 
 
 class EmbeddingModel(nn.Module):
-    """trunk -> GeM(p) -> Linear(width -> dims) -> L2 (method.md §1.1). Input: normalised NCHW."""
+    """trunk -> GeM(p) -> Linear(width -> dims) -> L2 (method.md §1.1). Input: normalised NCHW.
 
-    def __init__(self, arch: str, dims: int = 512, gem_p: float = 3.0):
+    Compact mode (§3.1, ``kd_dim`` set): the linear layer gives a ``kd_dim`` feature (the
+    distillation target) and a projector maps it to the ``dims``-d descriptor.
+    """
+
+    def __init__(self, arch: str, dims: int = 512, gem_p: float = 3.0, kd_dim: int | None = None):
         super().__init__()
         trunk = build_trunk(arch)
         self.arch = arch
         self.dims = dims
+        self.kd_dim = kd_dim
         self.trunk = trunk.module
         self.pool = GeM(gem_p)
-        self.fc = nn.Linear(trunk.width, dims)
+        self.fc = nn.Linear(trunk.width, kd_dim or dims)
         nn.init.xavier_uniform_(self.fc.weight)
         nn.init.zeros_(self.fc.bias)
+        self.projector = nn.Linear(kd_dim, dims) if kd_dim else None
         self.norm = L2Norm()
 
+    @property
+    def feature_dim(self) -> int:
+        return self.kd_dim or self.dims
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(feature, descriptor), both L2-normalised; the same tensor unless in compact mode."""
+        feature = self.fc(self.pool(self.trunk(x)))
+        if self.projector is None:
+            descriptor = self.norm(feature)
+            return descriptor, descriptor
+        return self.norm(feature), self.norm(self.projector(feature))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.fc(self.pool(self.trunk(x))))
+        return self.features(x)[1]
 
 
 class PixelModel(nn.Module):

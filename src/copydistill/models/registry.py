@@ -6,7 +6,9 @@ Specs:
   ``onnx:PATH``                  any ONNX embedding model (uint8 NHWC or float NCHW input)
   ``torchscript:PATH``           a TorchScript file (SSCD's ``.torchscript.pt`` or our exports);
                                  ``sscd-torchscript:PATH`` is an alias
-  ``ARCH[:dims=N,seed=S]``       a randomly initialised student, e.g. ``resnet18`` (see ``models list``)
+  ``sscd-torchvision:PATH``      SSCD's ``.torchvision.pt`` state dict (ResNet-50 + GeM + fc)
+  ``dino-vitb16:PATH``           DINO ViT-B/16 weights; 1536-d CLS + GeM(patch tokens) descriptor
+  ``ARCH[:dims=N,seed=S,kd_dim=K]`` a randomly initialised student, e.g. ``resnet18`` (``models list``)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from copydistill.models.descriptor import Descriptor, ResizePolicy, file_sha256
 from copydistill.models.gem import PixelInput
 from copydistill.models.onnx_descriptor import OnnxDescriptor
 from copydistill.models.phash import PHashDescriptor
+from copydistill.models.teachers import FrozenTeacher, load_dino_vitb16, load_sscd_torchvision
 from copydistill.models.torch_descriptor import TorchDescriptor
 
 DEFAULT_RESIZE = ResizePolicy("short", 288)
@@ -58,6 +61,17 @@ def _path(text: str, spec: str) -> Path:
     return path
 
 
+def _onnx_resize(path: Path) -> ResizePolicy | None:
+    """The resize policy stored by ``copydistill export`` in an ONNX file's metadata, if any."""
+    import onnx
+
+    try:
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        return ResizePolicy.parse(json.loads(props["copydistill"])["resize"])
+    except (KeyError, ValueError, OSError, Exception):
+        return None
+
+
 def load_torchscript(path: Path, name: str, resize: ResizePolicy, device: str) -> TorchDescriptor:
     extra = {EXPORT_META: ""}
     try:
@@ -65,6 +79,8 @@ def load_torchscript(path: Path, name: str, resize: ResizePolicy, device: str) -
     except Exception as err:
         raise ModelSpecError(f"{path}: not a loadable TorchScript file ({err})") from err
     meta = json.loads(extra[EXPORT_META]) if extra[EXPORT_META] else {}
+    if "resize" in meta and resize is DEFAULT_RESIZE:
+        resize = ResizePolicy.parse(meta["resize"])
     if meta.get("input") != "uint8_nhwc":  # SSCD's files take ImageNet-normalised float NCHW
         module = torch.nn.Sequential(PixelInput(), module)
     descriptor = TorchDescriptor(module, name, 0, resize, identity=file_sha256(path), device=device)
@@ -74,9 +90,15 @@ def load_torchscript(path: Path, name: str, resize: ResizePolicy, device: str) -
     return descriptor
 
 
-def build_student(arch: str, dims: int = 512, seed: int = 0) -> EmbeddingModel:
+def build_student(arch: str, dims: int = 512, seed: int = 0, kd_dim: int | None = None) -> EmbeddingModel:
     torch.manual_seed(seed)
-    return EmbeddingModel(arch, dims=dims)
+    return EmbeddingModel(arch, dims=dims, kd_dim=kd_dim)
+
+
+def _teacher_descriptor(model, spec: str, path: Path, resize: ResizePolicy, device: str) -> TorchDescriptor:
+    return TorchDescriptor(
+        PixelModel(FrozenTeacher(model)), spec, model.dims, resize, identity=file_sha256(path), device=device
+    )
 
 
 def load_descriptor(
@@ -96,24 +118,32 @@ def load_descriptor(
     elif spec == "sscd-int8":
         descriptor = OnnxDescriptor(sscd_int8_path(), spec, policy or DEFAULT_RESIZE, threads)
     elif kind == "onnx":
-        descriptor = OnnxDescriptor(_path(rest, spec), spec, policy or DEFAULT_RESIZE, threads)
+        path = _path(rest, spec)
+        descriptor = OnnxDescriptor(path, spec, policy or _onnx_resize(path) or DEFAULT_RESIZE, threads)
     elif kind in ("torchscript", "sscd-torchscript"):
         descriptor = load_torchscript(_path(rest, spec), spec, policy or DEFAULT_RESIZE, device)
+    elif kind == "sscd-torchvision":
+        path = _path(rest, spec)
+        descriptor = _teacher_descriptor(load_sscd_torchvision(path), spec, path, policy or DEFAULT_RESIZE, device)
+    elif kind == "dino-vitb16":
+        path = _path(rest, spec)
+        descriptor = _teacher_descriptor(load_dino_vitb16(path), spec, path, policy or DEFAULT_RESIZE, device)
     elif kind in TRUNKS or kind.startswith("timm/"):
         options = _parse_options(rest)
-        unknown = set(options) - {"dims", "seed"}
+        unknown = set(options) - {"dims", "seed", "kd_dim"}
         if unknown:
-            raise ModelSpecError(f"unknown option(s) {sorted(unknown)} in {spec!r}; use dims=, seed=")
+            raise ModelSpecError(f"unknown option(s) {sorted(unknown)} in {spec!r}; use dims=, seed=, kd_dim=")
         dims, seed = int(options.get("dims", 512)), int(options.get("seed", 0))
-        model = build_student(kind, dims=dims, seed=seed)
+        kd_dim = int(options["kd_dim"]) if "kd_dim" in options else None
+        model = build_student(kind, dims=dims, seed=seed, kd_dim=kd_dim)
         descriptor = TorchDescriptor(
             PixelModel(model), spec, dims, policy or DEFAULT_RESIZE,
             identity=f"{kind}-random-init-seed{seed}", device=device,
         )
     else:
         raise ModelSpecError(
-            f"model spec {spec!r} not understood. Use phash, sscd-int8, onnx:PATH, "
-            f"torchscript:PATH or an architecture ({', '.join(TRUNKS)})"
+            f"model spec {spec!r} not understood. Use phash, sscd-int8, onnx:PATH, torchscript:PATH, "
+            f"sscd-torchvision:PATH, dino-vitb16:PATH or an architecture ({', '.join(TRUNKS)})"
         )
     if batch_size:
         descriptor.batch_size = batch_size

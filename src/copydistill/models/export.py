@@ -1,0 +1,94 @@
+"""Export a torch-backed Descriptor as ONNX or TorchScript, verified on export.
+
+The exported model takes uint8 RGB pixels (NHWC for ONNX, like ``sscd-int8``; NHWC for
+TorchScript too) of any batch, height and width, normalises inside, and returns L2-normalised
+descriptors. Resizing stays outside (the caller applies the stored policy). The file carries the
+model fingerprint and resize policy as metadata, so ``onnx:FILE`` / ``torchscript:FILE`` load with
+the right preprocessing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from copydistill.errors import CopydistillError, ModelSpecError
+from copydistill.models.descriptor import Descriptor
+from copydistill.models.torch_descriptor import TorchDescriptor
+
+META_KEY = "copydistill"
+VERIFY_SIZES = ((224, 288), (256, 256))
+MIN_COSINE = 0.999
+
+
+def _metadata(descriptor: Descriptor) -> dict:
+    return {**descriptor.fingerprint(), "input": "uint8_nhwc", "dims": descriptor.dims}
+
+
+def _random_pixels(height: int, width: int, n: int = 3, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (n, height // 8 + 1, width // 8 + 1, 3)).astype(np.uint8)
+    smooth = coarse.repeat(8, axis=1).repeat(8, axis=2)[:, :height, :width]
+    return np.clip(smooth + rng.integers(-20, 21, smooth.shape), 0, 255).astype(np.uint8)
+
+
+def _verify(reference: TorchDescriptor, exported: Descriptor, path: Path) -> float:
+    worst = 1.0
+    for i, (h, w) in enumerate(VERIFY_SIZES):
+        pixels = _random_pixels(h, w, seed=i)
+        cosine = np.sum(reference.embed_batch(pixels) * exported.embed_batch(pixels), axis=1)
+        worst = min(worst, float(cosine.min()))
+    if worst < MIN_COSINE:
+        raise CopydistillError(
+            f"{path}: exported model disagrees with torch (min cosine {worst:.5f} < {MIN_COSINE}); "
+            "the architecture may not export with dynamic image sizes"
+        )
+    return worst
+
+
+def export_descriptor(descriptor: Descriptor, fmt: str, out: str | Path) -> float:
+    """Write ``descriptor`` to ``out`` as ``onnx`` or ``torchscript``; returns the worst cosine."""
+    from copydistill.models.onnx_descriptor import OnnxDescriptor
+    from copydistill.models.registry import load_torchscript
+
+    if not isinstance(descriptor, TorchDescriptor):
+        raise ModelSpecError(f"{descriptor.name} is not a PyTorch model; only torch models can be exported")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    module = descriptor.module.cpu().eval()
+    example = torch.from_numpy(_random_pixels(*VERIFY_SIZES[0], n=2))
+    meta = _metadata(descriptor)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        if fmt == "onnx":
+            import onnx
+
+            torch.onnx.export(
+                module, (example,), str(tmp), dynamo=False, input_names=["image"],
+                output_names=["embedding"], opset_version=17,
+                dynamic_axes={"image": {0: "batch", 1: "height", 2: "width"}, "embedding": {0: "batch"}},
+            )
+            model = onnx.load(str(tmp))
+            onnx.helper.set_model_props(model, {META_KEY: json.dumps(meta)})
+            onnx.save(model, str(tmp))
+            exported = OnnxDescriptor(tmp, f"onnx:{out}", descriptor.resize)
+        elif fmt == "torchscript":
+            with torch.no_grad():
+                traced = torch.jit.trace(module, (example,), check_trace=False)
+            torch.jit.save(traced, str(tmp), _extra_files={"copydistill.json": json.dumps(meta)})
+            exported = load_torchscript(tmp, f"torchscript:{out}", descriptor.resize, "cpu")
+        else:
+            raise ModelSpecError(f"export format {fmt!r} not supported; use onnx or torchscript")
+        worst = _verify(descriptor, exported, out)
+        os.replace(tmp, out)
+        return worst
+    finally:
+        if tmp.exists():
+            tmp.unlink()
