@@ -76,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     cd.add_argument("--k", type=int, default=100)
     cd.add_argument("--out", type=Path, required=True)
 
+    ex = sub.add_parser("export", help="export a torch model as ONNX or TorchScript (uint8 RGB in)")
+    ex.add_argument("--model", required=True, metavar="SPEC")
+    ex.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    ex.add_argument("--out", type=Path, required=True)
+    ex.add_argument("--resize", default=None, metavar="POLICY", help="resize policy stored in the file")
+
     models = sub.add_parser("models", help="model registry").add_subparsers(dest="models_command", required=True)
     ml = models.add_parser("list", help="students and teachers with parameters and GFLOPs")
     ml.add_argument("--no-flops", action="store_true", help="skip the GFLOPs count (faster)")
@@ -160,6 +166,16 @@ def _cmd_eval_copydays(args) -> None:
     print(f"metrics: {args.out / 'copydays_metrics.csv'}")
 
 
+def _cmd_export(args) -> None:
+    from copydistill.models import load_descriptor
+    from copydistill.models.export import export_descriptor
+
+    descriptor = load_descriptor(args.model, resize=args.resize)
+    worst = export_descriptor(descriptor, args.format, args.out)
+    print(f"exported {args.model} as {args.format} to {args.out} "
+          f"(verified against torch: min cosine {worst:.5f}); load it with {args.format}:{args.out}")
+
+
 def _cmd_models_list(args) -> None:
     from copydistill.models.summary import model_table
 
@@ -178,6 +194,7 @@ COMMANDS = {
     ("eval", "disc"): _cmd_eval_disc,
     ("eval", "copydays"): _cmd_eval_copydays,
     ("models", "list"): _cmd_models_list,
+    ("export", None): _cmd_export,
     ("quickstart", None): _cmd_quickstart,
 }
 

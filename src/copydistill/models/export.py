@@ -37,11 +37,15 @@ def _random_pixels(height: int, width: int, n: int = 3, seed: int = 0) -> np.nda
     return np.clip(smooth + rng.integers(-20, 21, smooth.shape), 0, 255).astype(np.uint8)
 
 
-def _verify(reference: TorchDescriptor, exported: Descriptor, path: Path) -> float:
+def _verify(reference: TorchDescriptor, exported: Descriptor, path: Path, sizes) -> float:
     worst = 1.0
-    for i, (h, w) in enumerate(VERIFY_SIZES):
+    for i, (h, w) in enumerate(sizes):
         pixels = _random_pixels(h, w, seed=i)
-        cosine = np.sum(reference.embed_batch(pixels) * exported.embed_batch(pixels), axis=1)
+        try:
+            theirs = exported.embed_batch(pixels)
+        except Exception as err:  # ONNX Runtime / TorchScript runtime errors
+            raise CopydistillError(f"{path}: the exported model fails at {h}x{w}: {err}") from err
+        cosine = np.sum(reference.embed_batch(pixels) * theirs, axis=1)
         worst = min(worst, float(cosine.min()))
     if worst < MIN_COSINE:
         raise CopydistillError(
@@ -52,7 +56,26 @@ def _verify(reference: TorchDescriptor, exported: Descriptor, path: Path) -> flo
 
 
 def export_descriptor(descriptor: Descriptor, fmt: str, out: str | Path) -> float:
-    """Write ``descriptor`` to ``out`` as ``onnx`` or ``torchscript``; returns the worst cosine."""
+    """Write ``descriptor`` to ``out`` as ``onnx`` or ``torchscript``; returns the worst cosine.
+
+    Some trunks (timm's MobileViT) bake the image size into the traced graph. When the dynamic
+    export fails verification, the model is exported for one square size instead and the file
+    records the ``square:S`` resize policy, so it still loads and runs correctly.
+    """
+    try:
+        return _export(descriptor, fmt, out, fixed=None)
+    except CopydistillError as err:
+        size = descriptor.resize.size if descriptor.resize.mode != "none" else 256
+        import warnings
+
+        warnings.warn(f"dynamic-size export failed ({err}); exporting at a fixed {size}x{size}", stacklevel=2)
+        from copydistill.models.descriptor import ResizePolicy
+
+        descriptor.resize = ResizePolicy("square", size)
+        return _export(descriptor, fmt, out, fixed=size)
+
+
+def _export(descriptor: Descriptor, fmt: str, out: str | Path, fixed: int | None) -> float:
     from copydistill.models.onnx_descriptor import OnnxDescriptor
     from copydistill.models.registry import load_torchscript
 
@@ -61,7 +84,9 @@ def export_descriptor(descriptor: Descriptor, fmt: str, out: str | Path) -> floa
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     module = descriptor.module.cpu().eval()
-    example = torch.from_numpy(_random_pixels(*VERIFY_SIZES[0], n=2))
+    sizes = ((fixed, fixed),) if fixed else VERIFY_SIZES
+    example = torch.from_numpy(_random_pixels(*sizes[0], n=2))
+    axes = {0: "batch"} if fixed else {0: "batch", 1: "height", 2: "width"}
     meta = _metadata(descriptor)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
@@ -73,7 +98,7 @@ def export_descriptor(descriptor: Descriptor, fmt: str, out: str | Path) -> floa
             torch.onnx.export(
                 module, (example,), str(tmp), dynamo=False, input_names=["image"],
                 output_names=["embedding"], opset_version=17,
-                dynamic_axes={"image": {0: "batch", 1: "height", 2: "width"}, "embedding": {0: "batch"}},
+                dynamic_axes={"image": axes, "embedding": {0: "batch"}},
             )
             model = onnx.load(str(tmp))
             onnx.helper.set_model_props(model, {META_KEY: json.dumps(meta)})
@@ -86,7 +111,7 @@ def export_descriptor(descriptor: Descriptor, fmt: str, out: str | Path) -> floa
             exported = load_torchscript(tmp, f"torchscript:{out}", descriptor.resize, "cpu")
         else:
             raise ModelSpecError(f"export format {fmt!r} not supported; use onnx or torchscript")
-        worst = _verify(descriptor, exported, out)
+        worst = _verify(descriptor, exported, out, sizes)
         os.replace(tmp, out)
         return worst
     finally:

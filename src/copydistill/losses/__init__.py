@@ -1,0 +1,1 @@
+"""Losses: plain nn.Modules, no Lightning (design.md "Training")."""
