@@ -76,6 +76,21 @@ def _parser() -> argparse.ArgumentParser:
     cd.add_argument("--k", type=int, default=100)
     cd.add_argument("--out", type=Path, required=True)
 
+    tr = sub.add_parser("train", help="train a student (SSCD baseline or distillation) from a recipe")
+    tr.add_argument("--config", type=Path, default=None, help="YAML recipe (configs/*.yaml)")
+    tr.add_argument("--resume", default=None, help="checkpoint to resume from (default: OUT/checkpoints/last.ckpt)")
+    tr.add_argument("overrides", nargs="*", metavar="key=value", help="override recipe options")
+
+    aug = sub.add_parser("augment", help="augmentations").add_subparsers(dest="augment_command", required=True)
+    pv = aug.add_parser("preview", help="contact sheet of augmented views")
+    pv.add_argument("--setting", choices=("SIMCLR", "STRONG_BLUR", "ADVANCED"), default="ADVANCED")
+    pv.add_argument("--images", type=Path, default=None, help="folder of images (default: package photos)")
+    pv.add_argument("--out", type=Path, required=True)
+    pv.add_argument("--size", type=int, default=224)
+    pv.add_argument("--count", type=int, default=6, help="images (rows)")
+    pv.add_argument("--views", type=int, default=7, help="views per image (columns)")
+    pv.add_argument("--seed", type=int, default=0)
+
     ex = sub.add_parser("export", help="export a torch model as ONNX or TorchScript (uint8 RGB in)")
     ex.add_argument("--model", required=True, metavar="SPEC")
     ex.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
@@ -166,6 +181,22 @@ def _cmd_eval_copydays(args) -> None:
     print(f"metrics: {args.out / 'copydays_metrics.csv'}")
 
 
+def _cmd_train(args) -> None:
+    from copydistill.config import load_config
+    from copydistill.train.run import train
+
+    config = load_config(args.config, args.overrides)
+    out = train(config, resume=args.resume)
+    print(f"training finished: checkpoints, logs and the exported student are in {out}")
+
+
+def _cmd_augment_preview(args) -> None:
+    from copydistill.augment.preview import contact_sheet
+
+    path = contact_sheet(args.out, args.setting, args.images, args.size, args.count, args.views, args.seed)
+    print(f"contact sheet ({args.setting}): {path}")
+
+
 def _cmd_export(args) -> None:
     from copydistill.models import load_descriptor
     from copydistill.models.export import export_descriptor
@@ -195,6 +226,8 @@ COMMANDS = {
     ("eval", "copydays"): _cmd_eval_copydays,
     ("models", "list"): _cmd_models_list,
     ("export", None): _cmd_export,
+    ("train", None): _cmd_train,
+    ("augment", "preview"): _cmd_augment_preview,
     ("quickstart", None): _cmd_quickstart,
 }
 

@@ -95,6 +95,30 @@ def build_student(arch: str, dims: int = 512, seed: int = 0, kd_dim: int | None 
     return EmbeddingModel(arch, dims=dims, kd_dim=kd_dim)
 
 
+def load_checkpoint(path: Path, spec: str, resize: ResizePolicy | None, device: str) -> TorchDescriptor:
+    """A student this project trained: ``student.pt`` (from ``train``) or a Lightning ``.ckpt``."""
+    from copydistill.models.teachers import load_weights
+
+    data = load_weights(path)
+    if "state_dict" in data and "arch" in data:  # student.pt
+        arch, dims, kd_dim, gem_p = data["arch"], data["dims"], data.get("kd_dim"), data.get("gem_p", 3.0)
+        state, stored_resize = data["state_dict"], data.get("resize")
+    elif "hyper_parameters" in data and "config" in data["hyper_parameters"]:  # Lightning checkpoint
+        config = data["hyper_parameters"]["config"]
+        arch, dims, kd_dim, gem_p = config["arch"], config["dims"], config.get("kd_dim"), config.get("gem_p", 3.0)
+        state = {k.removeprefix("student."): v for k, v in data["state_dict"].items() if k.startswith("student.")}
+        stored_resize = config.get("val_resize")
+    else:
+        raise ModelSpecError(f"{path}: not a copydistill student (student.pt) or training checkpoint (.ckpt)")
+    model = EmbeddingModel(arch, dims=dims, kd_dim=kd_dim, gem_p=gem_p)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelSpecError(f"{path}: weights do not fit {arch} (missing {sorted(missing)[:3]}, "
+                             f"unexpected {sorted(unexpected)[:3]})")
+    policy = resize or (ResizePolicy.parse(stored_resize) if stored_resize else DEFAULT_RESIZE)
+    return TorchDescriptor(PixelModel(model), spec, dims, policy, identity=file_sha256(path), device=device)
+
+
 def _teacher_descriptor(model, spec: str, path: Path, resize: ResizePolicy, device: str) -> TorchDescriptor:
     return TorchDescriptor(
         PixelModel(FrozenTeacher(model)), spec, model.dims, resize, identity=file_sha256(path), device=device
@@ -125,6 +149,8 @@ def load_descriptor(
     elif kind == "sscd-torchvision":
         path = _path(rest, spec)
         descriptor = _teacher_descriptor(load_sscd_torchvision(path), spec, path, policy or DEFAULT_RESIZE, device)
+    elif kind == "ckpt":
+        descriptor = load_checkpoint(_path(rest, spec), spec, policy, device)
     elif kind == "dino-vitb16":
         path = _path(rest, spec)
         descriptor = _teacher_descriptor(load_dino_vitb16(path), spec, path, policy or DEFAULT_RESIZE, device)

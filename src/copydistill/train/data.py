@@ -1,0 +1,152 @@
+"""Training data: two augmented views per image (repeated augmentation, method.md §1.2), seeded
+by (seed, epoch, index, copy) so runs and resumes see the same views; and a cache of
+precomputed views with their teacher keys, so an expensive (CPU-only) teacher runs once per view
+instead of once per step (design.md "Performance").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+from tqdm import tqdm
+
+from copydistill.augment.sscd import SSCDAugment, view_rng
+from copydistill.errors import CopydistillError, ImageError
+from copydistill.io.atomic import atomic_write, atomic_write_text
+from copydistill.io.images import list_images, load_image
+from copydistill.models.descriptor import Descriptor
+
+
+class EpochSampler(Sampler):
+    """Yields (epoch, index) pairs: a seeded permutation per epoch, sharded across ranks.
+
+    Lightning calls ``set_epoch`` at every epoch start. Each rank gets the same number of items
+    (drop-last), so DDP steps stay in lock-step.
+    """
+
+    def __init__(self, size: int, seed: int = 0, rank: int = 0, world: int = 1, shuffle: bool = True):
+        self.size, self.seed, self.rank, self.world, self.shuffle = size, seed, rank, world, shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size // self.world
+
+    def __iter__(self):
+        order = (np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+                 if self.shuffle else np.arange(self.size))
+        per_rank = self.size // self.world
+        mine = order[self.rank * per_rank : (self.rank + 1) * per_rank]
+        return iter([(self.epoch, int(i)) for i in mine])
+
+
+class TwoViewImages(Dataset):
+    """Images of a folder -> (views uint8 (2, 3, S, S), index). Unreadable images are replaced by
+    the next readable one (and counted), so one bad file never stops a long run."""
+
+    def __init__(self, folder: str | Path, augment: SSCDAugment, seed: int = 0):
+        self.paths = list_images(folder)
+        if len(self.paths) < 2:
+            raise CopydistillError(f"{folder}: needs at least 2 training images, found {len(self.paths)}")
+        self.augment = augment
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load(self, index: int):
+        for offset in range(len(self.paths)):
+            try:
+                return load_image(self.paths[(index + offset) % len(self.paths)])
+            except ImageError:
+                continue
+        raise CopydistillError("no training image could be decoded")
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, index = key
+        image = self.load(index)
+        views = torch.stack([self.augment(image, view_rng(self.seed, epoch, index, c)) for c in range(2)])
+        return {"views": views, "index": index}
+
+
+class CachedTeacherViews(Dataset):
+    """Precomputed views (N, V, 3, S, S) with their teacher keys (N, V, D); an item is two distinct
+    views of one image, chosen per epoch. Built once by ``build_view_cache`` and memory-mapped."""
+
+    def __init__(self, views: np.ndarray, keys: np.ndarray, seed: int = 0):
+        self.views, self.keys, self.seed = views, keys, seed
+
+    def __len__(self) -> int:
+        return self.views.shape[0]
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, index = key
+        rng = np.random.default_rng([self.seed, epoch, index])
+        pick = rng.choice(self.views.shape[1], 2, replace=False)
+        return {
+            "views": torch.from_numpy(np.ascontiguousarray(self.views[index, pick])),
+            "teacher": torch.from_numpy(np.ascontiguousarray(self.keys[index, pick])).float(),
+            "index": index,
+        }
+
+
+def _views_key(paths: list[Path], augment: SSCDAugment, copies: int, seed: int) -> str:
+    digest = hashlib.sha256()
+    for p in paths:
+        stat = p.stat()
+        digest.update(f"{p}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    digest.update(f"{augment.setting}|{augment.size}|{copies}|{seed}".encode())
+    return digest.hexdigest()[:16]
+
+
+def build_view_cache(
+    folder: str | Path, augment: SSCDAugment, copies: int, teacher: Descriptor, cache_dir: str | Path,
+    seed: int = 0, batch_size: int = 64, progress: bool = True,
+) -> CachedTeacherViews:
+    """Views of every image (``copies`` each) and the teacher's keys for them, cached on disk.
+
+    The views file depends on the images, augmentation, copies and seed; the keys file also on
+    the teacher's fingerprint. Both are reused by later runs; an interrupted build restarts.
+    """
+    data = TwoViewImages(folder, augment, seed)
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    key = _views_key(data.paths, augment, copies, seed)
+    views_path = cache / f"views-{key}.npy"
+    if not views_path.is_file():
+        views = np.zeros((len(data), copies, 3, augment.size, augment.size), np.uint8)
+        for i in tqdm(range(len(data)), desc="augmenting views", unit="img", disable=not progress):
+            image = data.load(i)
+            for c in range(copies):
+                views[i, c] = augment(image, view_rng(seed, 2**31, i, c)).numpy()  # cache "epoch"
+        with atomic_write(views_path, "wb") as handle:
+            np.save(handle, views)
+    views = np.load(views_path, mmap_mode="r")
+    teacher_id = hashlib.sha256(json.dumps(teacher.fingerprint(), sort_keys=True).encode()).hexdigest()[:16]
+    keys_path = cache / f"teacher-{key}-{teacher_id}.npy"
+    if not keys_path.is_file():
+        flat = views.reshape(-1, 3, augment.size, augment.size)
+        keys = np.zeros((flat.shape[0], teacher.dims), np.float32)
+        for start in tqdm(range(0, len(flat), batch_size), desc=f"teacher {teacher.name}",
+                          unit="batch", disable=not progress):
+            batch = np.ascontiguousarray(flat[start : start + batch_size].transpose(0, 2, 3, 1))
+            keys[start : start + batch_size] = teacher.embed_batch(batch)
+        with atomic_write(keys_path, "wb") as handle:
+            np.save(handle, keys.reshape(len(data), copies, teacher.dims))
+        atomic_write_text(cache / f"teacher-{key}-{teacher_id}.json", json.dumps(teacher.fingerprint()))
+    return CachedTeacherViews(views, np.load(keys_path, mmap_mode="r"), seed)
+
+
+def collate(items: list[dict]) -> dict:
+    out = {"views": torch.stack([i["views"] for i in items]),
+           "index": torch.tensor([i["index"] for i in items])}
+    if "teacher" in items[0]:
+        out["teacher"] = torch.stack([i["teacher"] for i in items])
+    return out

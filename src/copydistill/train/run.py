@@ -1,0 +1,184 @@
+"""Assemble and run a training job: data, module, Lightning Trainer, validation, checkpoints,
+export. ``copydistill train --config FILE [key=value ...]`` calls ``train``."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader
+
+from copydistill.augment.sscd import SSCDAugment
+from copydistill.config import TrainConfig, dump_config
+from copydistill.errors import CopydistillError
+from copydistill.io.atomic import atomic_write, atomic_write_text
+from copydistill.models.backbones import PixelModel
+from copydistill.models.descriptor import Descriptor, ResizePolicy
+from copydistill.models.torch_descriptor import TorchDescriptor
+from copydistill.train.data import CachedTeacherViews, EpochSampler, TwoViewImages, build_view_cache, collate
+from copydistill.train.module import CopyDetectionModule
+
+STUDENT_FILE = "student.pt"
+
+
+class ViewsData(L.LightningDataModule):
+    def __init__(self, dataset, config: TrainConfig):
+        super().__init__()
+        self.dataset, self.config = dataset, config
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        batch = min(self.config.batch_size, len(self.dataset) // world)
+        if batch < 2:
+            raise CopydistillError(f"{len(self.dataset)} training images are too few for {world} process(es)")
+        sampler = EpochSampler(len(self.dataset), self.config.seed, rank, world)
+        workers = self.config.workers if not isinstance(self.dataset, CachedTeacherViews) else 0
+        return DataLoader(self.dataset, batch_size=batch, sampler=sampler, num_workers=workers,
+                          collate_fn=collate, drop_last=True, persistent_workers=False,
+                          pin_memory=torch.cuda.is_available())
+
+
+def student_descriptor(module: CopyDetectionModule, resize: str, name: str = "student") -> TorchDescriptor:
+    """The student as a Descriptor (a copy on the CPU, in eval mode)."""
+    import copy
+
+    student = copy.deepcopy(module.student).cpu().eval()
+    c = module.config
+    return TorchDescriptor(PixelModel(student), name, c.dims, ResizePolicy.parse(resize),
+                           identity=f"{c.arch}-trained")
+
+
+def save_student(module: CopyDetectionModule, path: Path) -> None:
+    """A self-describing student file (tensors and plain values: loads with weights_only=True)."""
+    c = module.config
+    payload = {"arch": c.arch, "dims": c.dims, "kd_dim": c.kd_dim, "gem_p": c.gem_p,
+               "resize": c.val_resize, "state_dict": {k: v.cpu() for k, v in module.student.state_dict().items()}}
+    with atomic_write(path, "wb") as handle:
+        torch.save(payload, handle)
+
+
+class DiscValidation(Callback):
+    """µAP on a DISC-layout set after every ``every`` epochs (rank 0); keeps the best student."""
+
+    def __init__(self, data: str, resize: str, every: int, out: Path):
+        from copydistill.data.disc import DiscLayout
+
+        self.layout = DiscLayout.find(data)
+        self.resize, self.every, self.out = resize, every, out
+        self.best = -1.0
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        if (trainer.current_epoch + 1) % self.every and trainer.current_epoch + 1 != trainer.max_epochs:
+            return
+        if trainer.global_rank != 0:
+            return
+        from copydistill.eval.disc import evaluate_disc
+
+        result = evaluate_disc(self.layout, student_descriptor(module, self.resize),
+                               self.out / "val" / f"epoch-{trainer.current_epoch:04d}", progress=False)
+        summary = result.summary()
+        module.log("val/uAP", summary["uAP"], rank_zero_only=True)
+        if summary["uAP_SN"] is not None:
+            module.log("val/uAP_SN", summary["uAP_SN"], rank_zero_only=True)
+        if summary["uAP"] > self.best:
+            self.best = summary["uAP"]
+            save_student(module, self.out / "best" / STUDENT_FILE)
+            atomic_write_text(self.out / "best" / "metrics.json", json.dumps(summary | {"epoch": trainer.current_epoch}))
+
+
+class ExportStudent(Callback):
+    """At the end: the final student as ``student.pt`` and TorchScript/ONNX exports (and the best)."""
+
+    def __init__(self, out: Path, formats: list[str]):
+        self.out, self.formats = out, formats
+
+    def on_train_end(self, trainer, module) -> None:
+        if trainer.global_rank != 0:
+            return
+        save_student(module, self.out / "final" / STUDENT_FILE)
+        export_student_files(self.out / "final", self.formats)
+        if (self.out / "best" / STUDENT_FILE).is_file():
+            export_student_files(self.out / "best", self.formats)
+
+
+def export_student_files(folder: Path, formats: list[str]) -> list[Path]:
+    from copydistill.models.export import export_descriptor
+    from copydistill.models.registry import load_descriptor
+
+    written = []
+    descriptor = load_descriptor(f"ckpt:{folder / STUDENT_FILE}")
+    for fmt in formats:
+        path = folder / ("student.onnx" if fmt == "onnx" else "student.torchscript.pt")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            export_descriptor(descriptor, fmt, path)
+        written.append(path)
+    return written
+
+
+def load_teacher(spec: str | None, threads: int | None = None) -> tuple[object | None, Descriptor | None]:
+    """(what the module calls, the Descriptor): torch teachers run as modules on the device."""
+    if spec is None:
+        return None, None
+    from copydistill.models.registry import load_descriptor
+
+    descriptor = load_descriptor(spec, threads=threads)
+    if isinstance(descriptor, TorchDescriptor):
+        return descriptor.module, descriptor
+    return descriptor, descriptor
+
+
+def build_trainer(config: TrainConfig, callbacks: list[Callback], progress: bool = True) -> L.Trainer:
+    out = Path(config.out_dir)
+    cuda = torch.cuda.is_available() and config.accelerator in ("auto", "gpu", "cuda")
+    precision = config.precision if config.precision != "auto" else ("bf16-mixed" if cuda else "32-true")
+    devices = config.devices if config.devices == "auto" else int(config.devices)
+    return L.Trainer(
+        default_root_dir=out, max_epochs=config.epochs, max_steps=config.max_steps,
+        accelerator=config.accelerator, devices=devices, num_nodes=config.num_nodes,
+        precision=precision, use_distributed_sampler=False, log_every_n_steps=config.log_every_n_steps,
+        logger=[CSVLogger(out, name="logs"), TensorBoardLogger(out, name="tensorboard")],
+        callbacks=callbacks, enable_progress_bar=progress, num_sanity_val_steps=0,
+        enable_model_summary=False, deterministic=False,
+    )
+
+
+def train(config: TrainConfig, resume: str | None = None, progress: bool = True) -> Path:
+    """Run ``config``; returns the output folder. Resumes from ``resume`` (or ``last.ckpt``)."""
+    config.validate()
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", dump_config(config))
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    if not config.train_images:
+        raise CopydistillError("train_images is not set: pass train_images=FOLDER")
+    teacher, teacher_descriptor = load_teacher(config.teacher)
+    augment = SSCDAugment(config.augmentations, config.image_size)
+    if config.cached_views:
+        dataset = build_view_cache(config.train_images, augment, config.cached_views, teacher_descriptor,
+                                   config.cache_dir or out / "cache", config.seed, progress=progress)
+    else:
+        dataset = TwoViewImages(config.train_images, augment, config.seed)
+    module = CopyDetectionModule(config, teacher, teacher_descriptor.dims if teacher_descriptor else None)
+    callbacks: list[Callback] = [
+        ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1),
+        LearningRateMonitor(logging_interval="step"),
+        ExportStudent(out, config.export),
+    ]
+    if config.val_data:
+        callbacks.insert(0, DiscValidation(config.val_data, config.val_resize, config.val_every_n_epochs, out))
+    trainer = build_trainer(config, callbacks, progress)
+    last = out / "checkpoints" / "last.ckpt"
+    ckpt = resume or (str(last) if last.is_file() else None)
+    trainer.fit(module, datamodule=ViewsData(dataset, config), ckpt_path=ckpt)
+    return out
+
+
+__all__ = ["train", "asdict", "os"]
