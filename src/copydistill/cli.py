@@ -109,6 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     qs.add_argument("--out", type=Path, default=Path("runs/quickstart"))
     qs.add_argument("--size", choices=("tiny", "small", "medium"), default="small")
     qs.add_argument("--seed", type=int, default=0)
+    qs.add_argument("--config", type=Path, default=None, help="training recipe (default configs/quickstart.yaml)")
+    qs.add_argument("overrides", nargs="*", metavar="key=value", help="override recipe options")
     return parser
 
 
@@ -216,7 +218,7 @@ def _cmd_models_list(args) -> None:
 def _cmd_quickstart(args) -> None:
     from copydistill.quickstart import run_quickstart
 
-    run_quickstart(args.out, size=args.size, seed=args.seed)
+    run_quickstart(args.out, size=args.size, seed=args.seed, recipe=args.config, overrides=args.overrides)
 
 
 COMMANDS = {

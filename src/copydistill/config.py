@@ -40,7 +40,7 @@ class TrainConfig:
     kd_teacher_temperature: float = 0.05
     kd_student_temperature: float = 0.05
     bank_size: int = 65_536
-    cached_views: int = 0  # >0: precompute this many views per image and their teacher keys
+    cached_views: int = 0  # >0: precompute this many views per image (and their teacher keys)
     cache_dir: str | None = None
     # optimisation (§1.5)
     optimizer: str = "lars"  # lars | sgd | adamw
@@ -65,8 +65,6 @@ class TrainConfig:
     export: list[str] = field(default_factory=lambda: ["torchscript", "onnx"])
 
     def validate(self) -> TrainConfig:
-        if self.teacher is None and self.kd_weight and self.cached_views:
-            raise CopydistillError("cached_views needs a teacher")
         if self.augmentations not in ("SIMCLR", "STRONG_BLUR", "ADVANCED"):
             raise CopydistillError(f"augmentations={self.augmentations!r}; use SIMCLR, STRONG_BLUR or ADVANCED")
         if self.optimizer not in ("lars", "sgd", "adamw"):

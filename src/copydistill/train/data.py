@@ -80,7 +80,7 @@ class CachedTeacherViews(Dataset):
     """Precomputed views (N, V, 3, S, S) with their teacher keys (N, V, D); an item is two distinct
     views of one image, chosen per epoch. Built once by ``build_view_cache`` and memory-mapped."""
 
-    def __init__(self, views: np.ndarray, keys: np.ndarray, seed: int = 0):
+    def __init__(self, views: np.ndarray, keys: np.ndarray | None, seed: int = 0):
         self.views, self.keys, self.seed = views, keys, seed
 
     def __len__(self) -> int:
@@ -90,11 +90,10 @@ class CachedTeacherViews(Dataset):
         epoch, index = key
         rng = np.random.default_rng([self.seed, epoch, index])
         pick = rng.choice(self.views.shape[1], 2, replace=False)
-        return {
-            "views": torch.from_numpy(np.ascontiguousarray(self.views[index, pick])),
-            "teacher": torch.from_numpy(np.ascontiguousarray(self.keys[index, pick])).float(),
-            "index": index,
-        }
+        item = {"views": torch.from_numpy(np.ascontiguousarray(self.views[index, pick])), "index": index}
+        if self.keys is not None:
+            item["teacher"] = torch.from_numpy(np.ascontiguousarray(self.keys[index, pick])).float()
+        return item
 
 
 def _views_key(paths: list[Path], augment: SSCDAugment, copies: int, seed: int) -> str:
@@ -107,7 +106,7 @@ def _views_key(paths: list[Path], augment: SSCDAugment, copies: int, seed: int) 
 
 
 def build_view_cache(
-    folder: str | Path, augment: SSCDAugment, copies: int, teacher: Descriptor, cache_dir: str | Path,
+    folder: str | Path, augment: SSCDAugment, copies: int, teacher: Descriptor | None, cache_dir: str | Path,
     seed: int = 0, batch_size: int = 64, progress: bool = True,
 ) -> CachedTeacherViews:
     """Views of every image (``copies`` each) and the teacher's keys for them, cached on disk.
@@ -129,6 +128,8 @@ def build_view_cache(
         with atomic_write(views_path, "wb") as handle:
             np.save(handle, views)
     views = np.load(views_path, mmap_mode="r")
+    if teacher is None:
+        return CachedTeacherViews(views, None, seed)
     teacher_id = hashlib.sha256(json.dumps(teacher.fingerprint(), sort_keys=True).encode()).hexdigest()[:16]
     keys_path = cache / f"teacher-{key}-{teacher_id}.npy"
     if not keys_path.is_file():
