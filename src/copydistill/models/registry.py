@@ -23,7 +23,6 @@ from copydistill.models.backbones import TRUNKS, EmbeddingModel, PixelModel
 from copydistill.models.descriptor import Descriptor, ResizePolicy, file_sha256
 from copydistill.models.gem import PixelInput
 from copydistill.models.onnx_descriptor import OnnxDescriptor
-from copydistill.models.phash import PHashDescriptor
 from copydistill.models.teachers import FrozenTeacher, load_dino_vitb16, load_sscd_torchvision
 from copydistill.models.torch_descriptor import TorchDescriptor
 
@@ -136,6 +135,8 @@ def load_descriptor(
     policy = ResizePolicy.parse(resize) if isinstance(resize, str) else resize
     kind, _, rest = spec.partition(":")
     if spec == "phash":
+        from copydistill.models.phash import PHashDescriptor  # imagehash only when asked for
+
         descriptor: Descriptor = PHashDescriptor()
         if policy is not None:
             descriptor.resize = policy

@@ -61,7 +61,8 @@ class CopyDetectionModule(L.LightningModule):
         teacher = self.teacher
         if isinstance(teacher, nn.Module):
             teacher.to(self.device).eval()
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            bf16 = self.device.type == "cuda" and self.config.precision != "32-true"
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
                 keys = teacher(pixels_uint8.permute(0, 2, 3, 1))
             return nn.functional.normalize(keys.float(), dim=1)
         nhwc = pixels_uint8.permute(0, 2, 3, 1).contiguous().cpu().numpy()
