@@ -9,6 +9,7 @@ and the skipped files (undecodable images) are listed in ``skipped.tsv``.
 from __future__ import annotations
 
 import json
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +93,8 @@ def embed_records(
     ``on_error="fail"``, raise the typed image error naming the file.
     """
     out = Path(out_dir) if out_dir else None
-    meta = {"fingerprint": descriptor.fingerprint(), "ids": [r.id for r in records]}
+    meta = {"fingerprint": descriptor.fingerprint(), "ids": [r.id for r in records],
+            "files": [_file_key(r.path) for r in records]}  # same ids, other files: no reuse
     if out is not None:
         final = _load_finished(out, meta)
         if final is not None:
@@ -159,8 +161,16 @@ def embed_records(
             part.unlink()
     elif skipped:
         for path, error in skipped:
-            tqdm.write(f"skipped {path}: {error}")
+            tqdm.write(f"skipped {path}: {error}", file=sys.stderr)
     return result
+
+
+def _file_key(path: Path) -> str:
+    try:
+        stat = path.stat()
+        return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    except OSError:
+        return str(path)
 
 
 def write_skip_list(path: Path, skipped: list[tuple[str, str]]) -> None:

@@ -14,6 +14,9 @@ from typing import IO
 
 from copydistill.errors import CopydistillError
 
+_UMASK = os.umask(0)  # read once at import (single-threaded); os.umask has no read-only form
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
@@ -26,6 +29,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         raise CopydistillError(
             f"cannot write {path}: {err.strerror or err}. Choose a writable output location."
         ) from err
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make every result owner-only
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
