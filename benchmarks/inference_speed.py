@@ -5,7 +5,8 @@ For each model it builds a Descriptor, warms it up once on a fixed uint8 batch, 
 the best repeat). Rows:
 
 * ``sscd-int8`` — SSCD sscd_disc_mixup quantised to int8, ONNX Runtime (design.md "The int8 SSCD
-  teacher"); the baseline every ratio is taken against;
+  teacher"); the baseline every ratio is taken against. It is timed again at the end of the run:
+  the two rows' difference shows how much the machine's load drifted meanwhile;
 * each student in torch eager (``torch.set_num_threads``);
 * each student exported to ONNX (``export_descriptor``, into a temporary folder) and run through
   ONNX Runtime with the same thread count.
@@ -161,16 +162,11 @@ def run(args: argparse.Namespace) -> dict:
         row = {"model": model, "runtime": runtime, "note": note}
         try:
             descriptor = make()
-            if batch is None:
-                batch = (
-                    square
-                    if getattr(descriptor, "resize", None) and descriptor.resize.mode == "square"
-                    else pixels
-                )
-                if batch is square:
-                    row["note"] = (
-                        note + "; " if note else ""
-                    ) + f"fixed {args.size}x{args.size} export"
+            if batch is None:  # an exported file: a fixed-size export takes only its square
+                fixed = descriptor.resize.mode == "square"
+                batch = square if fixed else pixels
+                if fixed:
+                    row["note"] = f"fixed {args.size}x{args.size} export"
             row["input"] = f"{batch.shape[1]}x{batch.shape[2]}"
             row.update(time_descriptor(descriptor, batch, args.repeats))
             _log(f"    {row['images_per_s']:.1f} images/s")
@@ -212,6 +208,14 @@ def run(args: argparse.Namespace) -> dict:
 
                 measure(name, "onnxruntime fp32 (exported)", make)
 
+    # the baseline again: on a shared machine its drift shows how far the load moved the numbers
+    measure(
+        BASELINE,
+        f"onnxruntime int8 ({args.threads} threads)",
+        lambda: load_descriptor(BASELINE, threads=args.threads),
+        batch=pixels,
+        note="again at the end of the run (drift check)",
+    )
     meta["loadavg_end"] = _loadavg()
     baseline = next((r for r in rows if r["model"] == BASELINE and "error" not in r), None)
     for row in rows:

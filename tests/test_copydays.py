@@ -288,7 +288,7 @@ def test_evaluate_copydays_sscd_int8_light_edits(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# Found bugs (non-strict xfails; see the report)
+# Regression tests for bugs found in review
 # --------------------------------------------------------------------------------------------
 
 

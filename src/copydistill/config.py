@@ -31,6 +31,7 @@ class TrainConfig:
     gem_p: float = 3.0
     # contrastive loss
     infonce_temperature: float = 0.05
+    infonce_weight: float = 1.0  # 0 with a teacher: distillation alone
     entropy_weight: float = 30.0
     directclr_dim: int = 0  # >0 enables DirectCLR on the first N coordinates (§2.6)
     directclr_weight: float = 1.0
@@ -74,6 +75,40 @@ class TrainConfig:
         return self
 
 
+def _coerce(name: str, value, annotation: str):
+    """Check and convert a value to its field's type (PyYAML reads ``1e-6`` as a string)."""
+    optional = "None" in annotation
+    if value is None or (optional and isinstance(value, str) and value.strip() in ("None", "none", "null", "")):
+        if optional:
+            return None
+        raise CopydistillError(f"{name} cannot be empty")
+    base = annotation.replace("| None", "").strip()
+    try:
+        if base == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if base == "int":
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise ValueError
+            return int(float(value))
+        if base == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "yes", "1", "on"):
+                return True
+            if str(value).lower() in ("false", "no", "0", "off"):
+                return False
+            raise ValueError
+        if base == "str":
+            return str(value)
+        if base.startswith("list"):
+            return list(value) if isinstance(value, (list, tuple)) else [value]
+    except (TypeError, ValueError) as err:
+        raise CopydistillError(f"{name}={value!r} is not a valid {base}") from err
+    return value
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
     """Read a YAML recipe (keys = ``TrainConfig`` fields) and apply ``key=value`` overrides."""
     data: dict = {}
@@ -94,6 +129,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise CopydistillError(f"unknown option(s) {unknown} in {path or 'overrides'}; known: {', '.join(known)}")
+    data = {key: _coerce(key, value, known[key].type) for key, value in data.items()}
     try:
         return TrainConfig(**data).validate()
     except TypeError as err:

@@ -56,4 +56,5 @@ def font_charset(path: Path) -> tuple[str, ...]:
 
     with open(path.with_suffix(".pkl"), "rb") as handle:
         chars = pickle.load(handle)  # AugLy's own asset, shipped in its wheel
-    return tuple(chr(c) if isinstance(c, int) else str(c) for c in chars)
+    chars = (chr(c) if isinstance(c, int) else str(c) for c in chars)
+    return tuple(c for c in chars if c.isprintable())  # '\r' and friends break text layout

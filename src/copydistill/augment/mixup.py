@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -46,12 +47,14 @@ class ContrastiveMixup:
         mixed = torch.zeros(m, dtype=torch.bool)
         h, w = images.shape[-2:]
         draws = torch.rand(m, 3, generator=generator)
+        # λ ~ Beta from a numpy RNG seeded by the same generator: torch's Beta ignores generators
+        beta_rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
         for i in range(m):
             if draws[i, 0] >= self.mix_prob:
                 continue
             j = m - 1 - i
             if draws[i, 1] < self.switch_prob:  # CutMix
-                lam = float(torch.distributions.Beta(self.cutmix_alpha, self.cutmix_alpha).sample())
+                lam = float(beta_rng.beta(self.cutmix_alpha, self.cutmix_alpha))
                 cut = (1 - lam) ** 0.5
                 ch, cw = int(h * cut), int(w * cut)
                 cy = int(torch.randint(h, (1,), generator=generator))
@@ -61,7 +64,7 @@ class ContrastiveMixup:
                 out[i, :, y0:y1, x0:x1] = original[j, :, y0:y1, x0:x1]
                 lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
             else:  # Mixup
-                lam = float(torch.distributions.Beta(self.mixup_alpha, self.mixup_alpha).sample())
+                lam = float(beta_rng.beta(self.mixup_alpha, self.mixup_alpha))
                 blend = lam * original[i].float() + (1 - lam) * original[j].float()
                 out[i] = blend.round().to(images.dtype) if not images.is_floating_point() else blend
             targets[i] = lam * targets[i] + (1 - lam) * torch.nn.functional.one_hot(source[j], b).float()

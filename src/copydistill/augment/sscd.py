@@ -96,7 +96,7 @@ def _overlay_text(img: Image.Image, rng: random.Random) -> Image.Image:
         colour = (rng.randint(0, 255), rng.randint(0, 255), rng.randint(0, 255))
         return A.overlay_text(img, text=indices[:n], font_file=str(font_path), font_size=font_size,
                               opacity=rng.uniform(0.1, 1.0), color=colour, x_pos=x, y_pos=y).convert("RGB")
-    except (OSError, ValueError, IndexError, KeyError):  # glyph errors: skipped, as SSCD does
+    except (OSError, ValueError, IndexError, KeyError, RuntimeError):  # glyph/layout errors: skipped, as SSCD does
         return img
 
 

@@ -93,8 +93,7 @@ def embed_records(
     ``on_error="fail"``, raise the typed image error naming the file.
     """
     out = Path(out_dir) if out_dir else None
-    meta = {"fingerprint": descriptor.fingerprint(), "ids": [r.id for r in records],
-            "files": [_file_key(r.path) for r in records]}  # same ids, other files: no reuse
+    meta = cache_meta(descriptor, records)
     if out is not None:
         final = _load_finished(out, meta)
         if final is not None:
@@ -163,6 +162,13 @@ def embed_records(
         for path, error in skipped:
             tqdm.write(f"skipped {path}: {error}", file=sys.stderr)
     return result
+
+
+def cache_meta(descriptor: Descriptor, records: list[ImageRecord]) -> dict:
+    """What a cache folder must match to be reused: the model and the exact files (same ids
+    over other files are not reused)."""
+    return {"fingerprint": descriptor.fingerprint(), "ids": [r.id for r in records],
+            "files": [_file_key(r.path) for r in records]}
 
 
 def _file_key(path: Path) -> str:

@@ -26,6 +26,10 @@ VERIFY_SIZES = ((224, 288), (256, 256))
 MIN_COSINE = 0.999
 
 
+class ExportVerificationError(CopydistillError):
+    """The exported file does not reproduce the torch model."""
+
+
 def _metadata(descriptor: Descriptor) -> dict:
     return {**descriptor.fingerprint(), "input": "uint8_nhwc", "dims": descriptor.dims}
 
@@ -44,11 +48,11 @@ def _verify(reference: TorchDescriptor, exported: Descriptor, path: Path, sizes)
         try:
             theirs = exported.embed_batch(pixels)
         except Exception as err:  # ONNX Runtime / TorchScript runtime errors
-            raise CopydistillError(f"{path}: the exported model fails at {h}x{w}: {err}") from err
+            raise ExportVerificationError(f"{path}: the exported model fails at {h}x{w}: {err}") from err
         cosine = np.sum(reference.embed_batch(pixels) * theirs, axis=1)
         worst = min(worst, float(cosine.min()))
     if worst < MIN_COSINE:
-        raise CopydistillError(
+        raise ExportVerificationError(
             f"{path}: exported model disagrees with torch (min cosine {worst:.5f} < {MIN_COSINE}); "
             "the architecture may not export with dynamic image sizes"
         )
@@ -62,9 +66,20 @@ def export_descriptor(descriptor: Descriptor, fmt: str, out: str | Path) -> floa
     export fails verification, the model is exported for one square size instead and the file
     records the ``square:S`` resize policy, so it still loads and runs correctly.
     """
+    if not isinstance(descriptor, TorchDescriptor):
+        raise ModelSpecError(f"{descriptor.name} is not a PyTorch model; only torch models can be exported")
+    if fmt not in ("onnx", "torchscript"):
+        raise ModelSpecError(f"export format {fmt!r} not supported; use onnx or torchscript")
+    out = Path(out)
+    if out.is_dir():
+        raise CopydistillError(f"{out}: is a folder; give the output file name (e.g. {out / 'model.onnx'})")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CopydistillError(f"cannot write {out}: {err.strerror or err}. Choose a writable output path.") from err
     try:
         return _export(descriptor, fmt, out, fixed=None)
-    except CopydistillError as err:
+    except ExportVerificationError as err:
         size = descriptor.resize.size if descriptor.resize.mode != "none" else 256
         import warnings
 
@@ -79,16 +94,15 @@ def _export(descriptor: Descriptor, fmt: str, out: str | Path, fixed: int | None
     from copydistill.models.onnx_descriptor import OnnxDescriptor
     from copydistill.models.registry import load_torchscript
 
-    if not isinstance(descriptor, TorchDescriptor):
-        raise ModelSpecError(f"{descriptor.name} is not a PyTorch model; only torch models can be exported")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     module = descriptor.module.cpu().eval()
     sizes = ((fixed, fixed),) if fixed else VERIFY_SIZES
     example = torch.from_numpy(_random_pixels(*sizes[0], n=2))
     axes = {0: "batch"} if fixed else {0: "batch", 1: "height", 2: "width"}
     meta = _metadata(descriptor)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as err:
+        raise CopydistillError(f"cannot write {out}: {err.strerror or err}. Choose a writable output path.") from err
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -96,7 +96,7 @@ def build_student(arch: str, dims: int = 512, seed: int = 0, kd_dim: int | None 
 
 def load_checkpoint(path: Path, spec: str, resize: ResizePolicy | None, device: str) -> TorchDescriptor:
     """A student this project trained: ``student.pt`` (from ``train``) or a Lightning ``.ckpt``."""
-    from copydistill.models.teachers import load_weights
+    from copydistill.models.teachers import load_checked, load_weights
 
     data = load_weights(path)
     if "state_dict" in data and "arch" in data:  # student.pt
@@ -109,11 +109,11 @@ def load_checkpoint(path: Path, spec: str, resize: ResizePolicy | None, device: 
         stored_resize = config.get("val_resize")
     else:
         raise ModelSpecError(f"{path}: not a copydistill student (student.pt) or training checkpoint (.ckpt)")
-    model = EmbeddingModel(arch, dims=dims, kd_dim=kd_dim, gem_p=gem_p)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ModelSpecError(f"{path}: weights do not fit {arch} (missing {sorted(missing)[:3]}, "
-                             f"unexpected {sorted(unexpected)[:3]})")
+    try:
+        model = EmbeddingModel(arch, dims=dims, kd_dim=kd_dim, gem_p=gem_p)
+    except ModelSpecError as err:
+        raise ModelSpecError(f"{path}: {err}") from err
+    load_checked(model, state, path, f"the student {arch} ({dims}-d)")
     policy = resize or (ResizePolicy.parse(stored_resize) if stored_resize else DEFAULT_RESIZE)
     return TorchDescriptor(PixelModel(model), spec, dims, policy, identity=file_sha256(path), device=device)
 

@@ -12,6 +12,7 @@ run code is refused. Teachers are frozen and locked in eval mode (``FrozenTeache
 
 from __future__ import annotations
 
+import argparse
 import pickle
 from pathlib import Path
 
@@ -29,14 +30,16 @@ def load_weights(path: str | Path) -> dict:
     if not path.is_file():
         raise ModelSpecError(f"{path}: weights file not found")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        # DINO's full checkpoints store their argparse.Namespace: allowed, nothing else is
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise ModelSpecError(
             f"{path}: refused — the file holds Python objects or code, not just weights "
             f"(torch.load weights_only=True: {str(err).splitlines()[0]}). Re-save it as a state dict."
         ) from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise ModelSpecError(f"{path}: not a PyTorch weights file ({err})") from err
+    except Exception as err:  # torch raises many types for files that are not checkpoints
+        raise ModelSpecError(f"{path}: not a PyTorch weights file ({type(err).__name__}: {err})") from err
     if not isinstance(data, dict):
         raise ModelSpecError(f"{path}: expected a state dict, got {type(data).__name__}")
     return data
@@ -53,6 +56,21 @@ def _mismatch(path: Path, what: str, missing, unexpected) -> ModelSpecError:
     if unexpected:
         parts.append(f"unexpected keys: {show(unexpected)}.")
     return ModelSpecError(" ".join(parts))
+
+
+def load_checked(model: nn.Module, state: dict, path: Path, what: str) -> None:
+    """``load_state_dict`` that explains missing, unexpected and wrongly shaped keys."""
+    expected = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
+             for k, v in state.items() if k in expected and hasattr(v, "shape") and v.shape != expected[k].shape]
+    missing = set(expected) - set(state)
+    unexpected = set(state) - set(expected)
+    if wrong or missing or unexpected:
+        error = _mismatch(path, what, missing, unexpected)
+        if wrong:
+            error = ModelSpecError(f"{error} wrong shapes: {', '.join(wrong[:3])}.")
+        raise error
+    model.load_state_dict(state)
 
 
 class SSCDResNet50(nn.Module):
@@ -74,7 +92,9 @@ def load_sscd_torchvision(path: str | Path) -> SSCDResNet50:
     path = Path(path)
     state = load_weights(path)
     state = state.get("state_dict", state)
-    if any(k.startswith(("model.trunk.", "trunk.", "classy_state_dict")) for k in state) or "classy_state_dict" in state:
+    classy_prefixes = ("model.trunk.", "trunk.", "classy_state_dict", "backbone.initial_block.",
+                       "backbone.blocks.", "embeddings.")
+    if any(k.startswith(classy_prefixes) for k in state):
         raise ModelSpecError(
             f"{path}: this is a Classy Vision checkpoint (.classy.pt); pass SSCD's "
             ".torchvision.pt file with sscd-torchvision: or the .torchscript.pt with torchscript:"
@@ -84,9 +104,7 @@ def load_sscd_torchvision(path: str | Path) -> SSCDResNet50:
                         [k for k in state if not k.startswith("backbone.")])
     dims = state["backbone.fc.weight"].shape[0]
     model = SSCDResNet50(dims)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise _mismatch(path, "SSCD's ResNet-50 (.torchvision.pt)", missing, unexpected)
+    load_checked(model, state, path, "SSCD's ResNet-50 (.torchvision.pt, fc 2048 -> dims)")
     return model
 
 
@@ -133,9 +151,7 @@ def load_dino_vitb16(path: str | Path) -> DinoViT:
             f"{path}: position embeddings {tuple(cleaned['pos_embed'].shape)} do not fit ViT-B/16 at 224 "
             f"{tuple(expected['pos_embed'].shape)}; is this ViT-B/8 or another size?"
         )
-    missing, unexpected = model.vit.load_state_dict(cleaned, strict=False)
-    if missing or unexpected:
-        raise _mismatch(path, "DINO ViT-B/16 (timm vit_base_patch16_224 key names)", missing, unexpected)
+    load_checked(model.vit, cleaned, path, "DINO ViT-B/16 (timm vit_base_patch16_224 key names)")
     return model
 
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from copydistill.data.disc import ImageRecord
 from copydistill.errors import CopydistillError
-from copydistill.eval.embed import CHUNK, Embeddings, OnError, embed_records
+from copydistill.eval.embed import CHUNK, Embeddings, OnError, cache_meta, embed_records
 from copydistill.io.atomic import atomic_write, atomic_write_text
 from copydistill.io.images import IMAGE_EXTENSIONS, list_images
 from copydistill.models.descriptor import Descriptor
@@ -141,7 +141,7 @@ def _resumable(cache: Path, descriptor: Descriptor, records: list[ImageRecord]) 
         stored = json.loads(meta.read_text())
     except (OSError, json.JSONDecodeError):
         return 0
-    if stored != {"fingerprint": descriptor.fingerprint(), "ids": [r.id for r in records]}:
+    if stored != cache_meta(descriptor, records):
         return 0
     return min(len(records), CHUNK * len(list(cache.glob("part-*.npz"))))
 

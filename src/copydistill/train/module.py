@@ -76,7 +76,10 @@ class CopyDetectionModule(L.LightningModule):
         ids = torch.cat([batch["index"], batch["index"]])
         keys = torch.cat([batch["teacher"][:, 0], batch["teacher"][:, 1]]) if "teacher" in batch else None
         if self.mixup is not None:
-            mixed = self.mixup(x)
+            rank, _ = world()  # seeded by (seed, step, rank): a resumed run mixes the same rows
+            generator = torch.Generator().manual_seed(
+                int(np.random.SeedSequence([self.config.seed, self.global_step, rank]).generate_state(1)[0]))
+            mixed = self.mixup(x, generator)
             x = mixed.images
             rank, size = world()
             match = torch.zeros(2 * b, 2 * b * size, dtype=torch.bool, device=x.device)
@@ -90,7 +93,8 @@ class CopyDetectionModule(L.LightningModule):
         if self.config.channels_last and inputs.is_cuda:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         feature, descriptor = self.student.features(inputs)
-        loss, stats = self.infonce(descriptor, match)
+        nce, stats = self.infonce(descriptor, match)
+        loss = self.config.infonce_weight * nce
         if self.directclr is not None:
             clr, clr_stats = self.directclr(descriptor, match)
             loss = loss + self.config.directclr_weight * clr
@@ -126,7 +130,8 @@ class CopyDetectionModule(L.LightningModule):
         else:
             optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=c.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        steps_per_epoch = max(1, total // max(1, c.epochs)) if c.max_steps < 0 else max(1, total // max(1, c.epochs))
+        batches = self.trainer.num_training_batches
+        steps_per_epoch = int(batches) if batches not in (None, float("inf")) and batches > 0 else max(1, total // max(1, c.epochs))
         warmup = min(total - 1, int(round(c.warmup_epochs * steps_per_epoch)))
 
         def schedule(step: int) -> float:  # linear warmup from 0, then cosine to 0 (per step)

@@ -1,0 +1,516 @@
+"""Training: the typed config, the LightningModule with a frozen torch teacher (method.md §2.4,
+§2.8 bugs 1-2), end-to-end ``train`` with export, exact resume, and every recipe in configs/.
+
+Everything is tiny (32 px views, batch 4, a dozen procedural images) and runs on one CPU thread:
+on a busy 2-core machine torch's default of 2 intra-op threads makes these models ~100x slower
+(OpenMP spin-waiting), so the module pins 1 thread and restores the previous setting afterwards.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import math
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from copydistill.config import TrainConfig, load_config
+from copydistill.errors import CopydistillError
+
+REPO = Path(__file__).resolve().parents[1]
+N_IMAGES = 12
+# ADVANCED views crash on some AugLy fonts (see test_advanced_augmentation_survives_glyph_errors):
+# the training runs below use STRONG_BLUR, which exercises the same pipeline without text overlays.
+TINY = ["arch=mobilenetv4_conv_small", "dims=32", "image_size=32", "batch_size=4", "workers=0",
+        "sync_bn=false", "augmentations=STRONG_BLUR", "accelerator=cpu", "devices=1",
+        "log_every_n_steps=1", "warmup_epochs=1"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    from copydistill.data.procedural import procedural_image
+
+    folder = tmp_path_factory.mktemp("train_images")
+    for i in range(N_IMAGES):
+        procedural_image(i, long_side=(64, 96)).save(folder / f"{i:03d}.jpg", quality=90)
+    return folder
+
+
+def _config(images: Path, out: Path, *overrides: str) -> TrainConfig:
+    return load_config(None, [f"train_images={images}", f"out_dir={out}", *TINY, *overrides])
+
+
+# --------------------------------------------------------------------------------------------
+# config
+# --------------------------------------------------------------------------------------------
+
+
+def test_load_config_yaml_plus_overrides(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "arch: resnet18\ndims: 64\nmixup: false\nepochs: 5\nbase_lr: 0.5\nexport: [onnx]\n"
+        "teacher: sscd-int8\nweight_decay: 0.000001\n"
+    )
+    config = load_config(recipe, ["epochs=3", "base_lr=0.1", "mixup=true", "val_data=null",
+                                  "teacher=~", "absolute_lr=0.01", "kd_dim=", "channels_last=False",
+                                  "train_images=/x/y", "export=[torchscript, onnx]"])
+    assert isinstance(config, TrainConfig)
+    assert config.arch == "resnet18" and config.dims == 64  # from the file
+    assert config.epochs == 3 and type(config.epochs) is int
+    assert config.base_lr == 0.1 and type(config.base_lr) is float
+    assert config.absolute_lr == 0.01
+    assert config.mixup is True and config.channels_last is False
+    assert config.val_data is None and config.teacher is None and config.kd_dim is None
+    assert config.weight_decay == pytest.approx(1e-6)
+    assert config.train_images == "/x/y"
+    assert config.export == ["torchscript", "onnx"]
+    assert config.bank_size == TrainConfig().bank_size  # untouched defaults
+    # no file: defaults plus overrides
+    assert load_config(None, ["dims=16"]).dims == 16
+
+
+def test_load_config_rejects_unknown_keys_naming_them(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("arch: resnet18\nbogus_option: 1\n")
+    with pytest.raises(CopydistillError) as err:
+        load_config(recipe, ["also_wrong=2", "dims=8"])
+    assert "bogus_option" in str(err.value) and "also_wrong" in str(err.value)
+    with pytest.raises(CopydistillError, match="not_a_field"):
+        load_config(None, ["not_a_field=3"])
+
+
+def test_load_config_other_errors(tmp_path):
+    with pytest.raises(CopydistillError):
+        load_config(None, ["dims"])  # not key=value
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(CopydistillError):
+        load_config(tmp_path / "list.yaml")
+    (tmp_path / "broken.yaml").write_text("a: [1, 2\n")
+    with pytest.raises(CopydistillError):
+        load_config(tmp_path / "broken.yaml")
+    with pytest.raises(CopydistillError):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(CopydistillError):
+        load_config(None, ["augmentations=FANCY"])
+    with pytest.raises(CopydistillError):
+        load_config(None, ["batch_size=1"])
+    (tmp_path / "empty.yaml").write_text("")
+    assert load_config(tmp_path / "empty.yaml") == TrainConfig()
+
+
+def test_load_config_coerces_scientific_floats_and_rejects_bad_types(tmp_path):
+    config = load_config(None, ["weight_decay=1e-6", "absolute_lr=2e-3"])
+    assert type(config.weight_decay) is float and config.weight_decay == 1e-6
+    assert type(config.absolute_lr) is float and config.absolute_lr == 2e-3
+    (tmp_path / "r.yaml").write_text("weight_decay: 1e-6\n")
+    assert type(load_config(tmp_path / "r.yaml").weight_decay) is float
+    with pytest.raises(CopydistillError):
+        load_config(None, ["dims=abc"])
+
+
+def test_load_config_python_none_spelling():
+    config = load_config(None, ["teacher=None", "val_data=None"])
+    assert config.teacher is None and config.val_data is None
+
+
+# --------------------------------------------------------------------------------------------
+# the LightningModule with a frozen torch teacher (§2.8 bugs 1-2)
+# --------------------------------------------------------------------------------------------
+
+
+def _tiny_teacher(seed: int = 0):
+    from copydistill.models.backbones import EmbeddingModel, PixelModel
+    from copydistill.models.teachers import FrozenTeacher
+
+    torch.manual_seed(seed)
+    model = EmbeddingModel("resnet18", dims=32)
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():  # non-default BN statistics, so any update would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
+            m.running_var.copy_(1 + 0.2 * torch.rand(m.running_var.shape, generator=g))
+    return PixelModel(FrozenTeacher(model))
+
+
+def _module(**overrides):
+    from copydistill.train.module import CopyDetectionModule
+
+    values = dict(arch="mobilenetv4_conv_small", dims=32, teacher="x", bank_size=50, batch_size=4,
+                  image_size=32, mixup=True, sync_bn=False)
+    values.update(overrides)
+    config = TrainConfig(**values)
+    teacher = _tiny_teacher()
+    torch.manual_seed(1)
+    return CopyDetectionModule(config, teacher), teacher
+
+
+def _batch(step: int, b: int = 4) -> dict:
+    g = torch.Generator().manual_seed(100 + step)
+    return {"views": torch.randint(0, 256, (b, 2, 3, 32, 32), generator=g, dtype=torch.uint8),
+            "index": torch.arange(b)}
+
+
+def _state(module: torch.nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_module_manual_steps_keep_teacher_frozen(recwarn):
+    module, teacher = _module()
+    teacher_before = _state(teacher)
+    student_before = _state(module.student)
+    assert "teacher" not in dict(module.named_children())  # not a registered submodule
+    assert not any(k.startswith("teacher") for k in module.state_dict())
+    assert all(not p.requires_grad for p in teacher.parameters())
+    module.train()
+    teacher.train()  # even asked explicitly, the FrozenTeacher stays in eval mode
+    optimizer = torch.optim.SGD(module.student.parameters(), lr=0.5)
+    for step in range(3):
+        module.train()
+        loss = module.training_step(_batch(step), step)
+        assert torch.isfinite(loss)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        assert not any(m.training for m in teacher.modules())
+        assert all(p.grad is None for p in teacher.parameters())
+    after = _state(teacher)
+    assert set(after) == set(teacher_before)
+    for key, value in teacher_before.items():  # weights and BN running stats / counters
+        assert torch.equal(after[key], value), key
+    changed = [k for k, v in _state(module.student).items()
+               if v.is_floating_point() and not torch.equal(v, student_before[k])]
+    assert any("weight" in k for k in changed) and "fc.weight" in changed
+    bank = module.distill.bank
+    assert int(bank.pointer) == (3 * 8) % 50 and int(bank.filled) == 24
+    assert module.student.training and not teacher.training
+
+
+def test_module_teacher_keys_are_normalised_and_enqueued_for_the_views_it_sees():
+    from copydistill.augment.mixup import ContrastiveMixup
+
+    module, teacher = _module(mixup=False)
+    batch = _batch(0)
+    module.training_step(batch, 0)
+    x = torch.cat([batch["views"][:, 0], batch["views"][:, 1]])
+    expected = F.normalize(teacher(x.permute(0, 2, 3, 1)), dim=1)
+    assert torch.allclose(module.distill.bank.ordered()[-8:], expected, atol=1e-5)
+    # precomputed keys are used as given (normalised), except for mixed rows: the teacher
+    # embeds the mixed views (§2.4 "the teacher sees the same (mixed) views")
+    module2, teacher2 = _module(mixup=True)
+    module2.mixup = ContrastiveMixup(mix_prob=1.0)
+    given = torch.randn(4, 2, 32)
+    seen = []
+    original = module2.teacher_keys
+    module2.teacher_keys = lambda pixels: (seen.append(pixels.clone()), original(pixels))[1]
+    module2.training_step(dict(_batch(1), teacher=given), 0)
+    assert len(seen) == 1 and seen[0].shape == (8, 3, 32, 32)
+    mixed_keys = F.normalize(teacher2(seen[0].permute(0, 2, 3, 1)), dim=1)
+    assert torch.allclose(module2.distill.bank.ordered()[-8:], mixed_keys, atol=1e-5)
+    module3, _ = _module(mixup=False)
+    module3.training_step(dict(_batch(2), teacher=given), 0)
+    flat = torch.cat([given[:, 0], given[:, 1]])
+    assert torch.allclose(module3.distill.bank.ordered()[-8:], F.normalize(flat, dim=1), atol=1e-6)
+
+
+def test_module_rejects_teacher_dims_mismatch():
+    from copydistill.train.module import CopyDetectionModule
+
+    with pytest.raises(ValueError):
+        CopyDetectionModule(TrainConfig(arch="mobilenetv4_conv_small", dims=16, teacher="x"),
+                            _tiny_teacher(), teacher_dims=32)
+
+
+def test_lightning_fit_keeps_teacher_frozen_and_checkpoints_carry_the_bank(images, tmp_path):
+    import lightning as L
+
+    from copydistill.augment.sscd import SSCDAugment
+    from copydistill.train.data import TwoViewImages
+    from copydistill.train.run import ViewsData
+
+    module, teacher = _module(mixup=True, augmentations="SIMCLR", workers=0, optimizer="sgd",
+                              warmup_epochs=0.0)
+    teacher_before = _state(teacher)
+    student_before = _state(module.student)
+    data = ViewsData(TwoViewImages(images, SSCDAugment("SIMCLR", 32), seed=0), module.config)
+    trainer = L.Trainer(max_steps=3, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        use_distributed_sampler=False, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=data)
+    assert trainer.global_step == 3
+    assert not any(m.training for m in teacher.modules())
+    for key, value in teacher_before.items():
+        assert torch.equal(teacher.state_dict()[key], value), key
+    assert not torch.equal(module.student.fc.weight, student_before["fc.weight"])
+    assert int(module.distill.bank.pointer) == 24 and int(module.distill.bank.filled) == 24
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    ckpt = torch.load(tmp_path / "m.ckpt", weights_only=False)
+    keys = set(ckpt["state_dict"])
+    assert {"distill.bank.queue", "distill.bank.pointer", "distill.bank.filled"} <= keys
+    assert not any("teacher" in k for k in keys)
+    assert torch.equal(ckpt["state_dict"]["distill.bank.queue"], module.distill.bank.queue)
+    fresh, _ = _module(mixup=True, seed=5)  # another seed: another initial bank
+    assert not torch.equal(fresh.distill.bank.queue, module.distill.bank.queue)
+    fresh.load_state_dict(ckpt["state_dict"])  # what resuming does
+    assert torch.equal(fresh.distill.bank.queue, module.distill.bank.queue)
+    assert int(fresh.distill.bank.pointer) == 24 and int(fresh.distill.bank.filled) == 24
+
+
+def test_warmup_is_measured_in_real_epochs_when_max_steps_is_set():
+    from copydistill.train.module import CopyDetectionModule
+
+    config = TrainConfig(arch="mobilenetv4_conv_small", dims=32, batch_size=4, epochs=10, max_steps=12,
+                         warmup_epochs=2.0, optimizer="sgd", absolute_lr=1.0)
+    module = CopyDetectionModule(config)
+    module._trainer = SimpleNamespace(estimated_stepping_batches=12, num_training_batches=3, world_size=1,
+                                      max_steps=12, max_epochs=10)
+    scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    lambdas = [scheduler.lr_lambdas[0](s) for s in range(8)]
+    # an epoch is 3 steps, so 2 warmup epochs = 6 warmup steps: the factor at step 3 is 0.5
+    assert lambdas[3] == pytest.approx(0.5)
+
+
+def test_schedule_without_max_steps_warms_up_then_cosine():
+    from copydistill.train.module import CopyDetectionModule
+
+    config = TrainConfig(arch="mobilenetv4_conv_small", dims=32, batch_size=4, epochs=4,
+                         warmup_epochs=1.0, optimizer="sgd", base_lr=0.3)
+    module = CopyDetectionModule(config)
+    module._trainer = SimpleNamespace(estimated_stepping_batches=12, num_training_batches=3, world_size=1)
+    out = module.configure_optimizers()
+    assert out["optimizer"].param_groups[0]["initial_lr"] == pytest.approx(0.3 * 4 / 256)
+    f = out["lr_scheduler"]["scheduler"].lr_lambdas[0]
+    assert [f(s) for s in range(4)] == pytest.approx([0, 1 / 3, 2 / 3, 1.0])
+    assert f(3 + 9 // 2) == pytest.approx(0.5 * (1 + math.cos(math.pi * 4 / 9)))
+    assert f(12) == pytest.approx(0.0, abs=1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# end to end
+# --------------------------------------------------------------------------------------------
+
+
+def _record_items(patch) -> list[tuple[int, int]]:
+    """Record the (epoch, index) keys the training dataset is asked for."""
+    from copydistill.train.data import TwoViewImages
+
+    seen: list[tuple[int, int]] = []
+    original = TwoViewImages.__getitem__
+
+    def getitem(self, key):
+        seen.append(tuple(key))
+        return original(self, key)
+
+    patch.setattr(TwoViewImages, "__getitem__", getitem)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def trained(images, tmp_path_factory):
+    from copydistill.train.run import train
+
+    out = tmp_path_factory.mktemp("e2e") / "run"
+    config = _config(images, out, "epochs=2", "export=[onnx]")
+    with pytest.MonkeyPatch.context() as patch:
+        seen = _record_items(patch)
+        assert train(config, progress=False) == out
+    (out / "items.json").write_text(json.dumps(seen))
+    return out
+
+
+def test_train_sampler_sees_a_new_permutation_each_epoch(trained):
+    seen = [tuple(k) for k in json.loads((trained / "items.json").read_text())]
+    epochs = [[i for e, i in seen if e == epoch] for epoch in (0, 1)]
+    assert len(seen) == 2 * N_IMAGES and {e for e, _ in seen} == {0, 1}
+    assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(N_IMAGES))  # drop_last: 12 = 3 x 4
+    assert epochs[0] != epochs[1]  # set_epoch reached the sampler
+    assert epochs == [_epoch_order(0), _epoch_order(1)]
+
+
+def test_train_writes_checkpoint_student_exports_and_logs(trained):
+    assert (trained / "checkpoints" / "last.ckpt").is_file()
+    assert (trained / "final" / "student.pt").is_file()
+    assert (trained / "final" / "student.onnx").is_file()
+    assert not (trained / "final" / "student.torchscript.pt").exists()  # export=[onnx] only
+    assert (trained / "config.yaml").is_file()
+    assert load_config(trained / "config.yaml").epochs == 2
+    metrics = list((trained / "logs").glob("version_*/metrics.csv"))
+    assert len(metrics) == 1
+    rows = list(csv.DictReader(metrics[0].open()))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) == 2 * (N_IMAGES // 4) and all(math.isfinite(v) for v in losses)
+    assert {"train/nce", "train/entropy", "train/positive_sim"} <= set(rows[0])
+    ckpt = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 2 * (N_IMAGES // 4)
+    assert ckpt["optimizer_states"] and ckpt["lr_schedulers"]
+
+
+def test_exported_student_loads_as_onnx_and_ckpt_with_same_vectors(trained):
+    from copydistill.data.procedural import procedural_image
+    from copydistill.models.registry import load_descriptor
+
+    pictures = [procedural_image(100 + i, long_side=(64, 96)) for i in range(3)]
+    onnx = load_descriptor(f"onnx:{trained / 'final' / 'student.onnx'}")
+    ckpt = load_descriptor(f"ckpt:{trained / 'final' / 'student.pt'}")
+    lightning = load_descriptor(f"ckpt:{trained / 'checkpoints' / 'last.ckpt'}")
+    assert onnx.dims == ckpt.dims == lightning.dims == 32
+    a, b, c = (d.embed_images(pictures) for d in (onnx, ckpt, lightning))
+    assert a.shape == (3, 32)
+    assert np.allclose(np.linalg.norm(a, axis=1), 1, atol=1e-4)
+    assert (np.sum(a * b, axis=1) > 0.999).all()
+    assert (np.sum(b * c, axis=1) > 0.9999).all()
+
+
+def _train_with_stop_after_first_epoch(config, monkeypatch):
+    """Run ``config`` (epochs=2) but interrupt it at the end of epoch 1, as a crash would: the
+    schedule keeps its 2-epoch length (``max_steps`` would shorten it, see the report)."""
+    from lightning.pytorch.callbacks import Callback
+
+    import copydistill.train.run as run
+
+    class StopAfterFirstEpoch(Callback):
+        def on_train_epoch_end(self, trainer, module):
+            trainer.should_stop = True
+
+    original = run.build_trainer
+    with monkeypatch.context() as patch:
+        patch.setattr(run, "build_trainer",
+                      lambda c, callbacks, progress=True: original(c, callbacks + [StopAfterFirstEpoch()], progress))
+        run.train(config, progress=False)
+
+
+def _epoch_order(epoch: int) -> list[int]:
+    from copydistill.train.data import EpochSampler
+
+    sampler = EpochSampler(N_IMAGES, seed=0)
+    sampler.set_epoch(epoch)
+    return [i for _, i in sampler]
+
+
+def _compare_runs(a: Path, b: Path) -> list[str]:
+    sa = torch.load(a / "final" / "student.pt")["state_dict"]
+    sb = torch.load(b / "final" / "student.pt")["state_dict"]
+    assert set(sa) == set(sb)
+    return [k for k in sa if not torch.allclose(sa[k].double(), sb[k].double(), atol=1e-5)]
+
+
+def test_exact_resume_matches_an_uninterrupted_run(trained, images, tmp_path, monkeypatch):
+    """Run A is the end-to-end run (2 epochs straight); run B is interrupted after epoch 1 and
+    resumed from its last.ckpt with the same config: the students must match."""
+    from copydistill.train.run import train
+
+    b = tmp_path / "B"
+    _train_with_stop_after_first_epoch(_config(images, b, "epochs=2", "export=[]"), monkeypatch)
+    half = torch.load(b / "checkpoints" / "last.ckpt", weights_only=False)
+    assert half["global_step"] == N_IMAGES // 4
+    with monkeypatch.context() as patch:
+        seen = _record_items(patch)
+        train(_config(images, b, "epochs=2", "export=[]"), progress=False)  # picks up last.ckpt
+    assert len(seen) == N_IMAGES and {e for e, _ in seen} == {1}  # only the second epoch, its own order
+    assert [i for _, i in seen] == _epoch_order(1)
+    assert _compare_runs(trained, b) == []
+    ca = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=False)
+    cb = torch.load(b / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ca["global_step"] == cb["global_step"] == 2 * (N_IMAGES // 4)
+    assert ca["lr_schedulers"][0]["last_epoch"] == cb["lr_schedulers"][0]["last_epoch"]
+    assert ca["lr_schedulers"][0]["_last_lr"] == pytest.approx(cb["lr_schedulers"][0]["_last_lr"])
+
+
+def test_exact_resume_with_mixup(images, tmp_path, monkeypatch):
+    import copydistill.train.module as module_mod
+    from copydistill.augment.mixup import ContrastiveMixup
+    from copydistill.train.run import train
+
+    # mix_prob 0.5 instead of 0.05, so that the tiny run certainly mixes rows in both epochs
+    monkeypatch.setattr(module_mod, "ContrastiveMixup", functools.partial(ContrastiveMixup, mix_prob=0.5))
+    extra = ("epochs=2", "export=[]", "mixup=true")
+    a, b = tmp_path / "A", tmp_path / "B"
+    train(_config(images, a, *extra), progress=False)
+    _train_with_stop_after_first_epoch(_config(images, b, *extra), monkeypatch)
+    train(_config(images, b, *extra), progress=False)
+    assert _compare_runs(a, b) == []
+
+
+def test_advanced_augmentation_survives_glyph_errors():
+    from copydistill.augment.sscd import SSCDAugment, view_rng
+    from copydistill.data.procedural import procedural_image
+
+    view = SSCDAugment("ADVANCED", 32)(procedural_image(1, long_side=(64, 96)), view_rng(0, 1, 1, 1))
+    assert view.shape == (3, 32, 32) and view.dtype == torch.uint8
+
+
+# --------------------------------------------------------------------------------------------
+# every recipe in configs/, made tiny
+# --------------------------------------------------------------------------------------------
+
+RECIPES = sorted((REPO / "configs").glob("*.yaml")) if (REPO / "configs").is_dir() else []
+
+
+def _half(state: dict) -> dict:
+    """fp16 copies of the float tensors: half the bytes to write and read (loading casts back)."""
+    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+
+
+@pytest.fixture(scope="module")
+def teacher_files(tmp_path_factory):
+    """Randomly initialised teacher weight files in the published layouts, written on demand."""
+    folder = tmp_path_factory.mktemp("teachers")
+    made: dict[str, str] = {}
+
+    def get(kind: str) -> str:
+        if kind not in made:
+            torch.manual_seed(0)
+            if kind == "dino":
+                from copydistill.models.teachers import DinoViT
+
+                path = folder / "dino_vitb16.pth"
+                torch.save(_half(DinoViT().vit.state_dict()), path)
+                made[kind] = f"dino-vitb16:{path}"
+            else:
+                from copydistill.models.teachers import SSCDResNet50
+
+                path = folder / "sscd_disc_mixup.torchvision.pt"
+                torch.save(_half(SSCDResNet50(512).state_dict()), path)
+                made[kind] = f"sscd-torchvision:{path}"
+        return made[kind]
+
+    return get
+
+
+@pytest.mark.skipif(not RECIPES, reason="no recipes in configs/")
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
+def test_recipe_runs_two_tiny_steps(recipe, images, tmp_path, teacher_files):
+    import yaml
+
+    from copydistill.train.run import train
+
+    raw = yaml.safe_load(recipe.read_text()) or {}
+    overrides = [f"train_images={images}", f"out_dir={tmp_path / 'run'}", "image_size=32", "batch_size=4",
+                 "epochs=1", "max_steps=2", "workers=0", "export=[]", "bank_size=64", "val_data=null",
+                 f"cache_dir={tmp_path / 'cache'}", "accelerator=cpu", "devices=1", "num_nodes=1",
+                 "precision=auto", "log_every_n_steps=1"]
+    if raw.get("teacher"):
+        kind = "dino" if "dino" in str(raw["teacher"]).lower() else "sscd"
+        overrides.append(f"teacher={teacher_files(kind)}")
+    config = load_config(recipe, overrides)
+    out = train(config, progress=False)
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 2
+    assert (out / "final" / "student.pt").is_file()
+    if config.teacher:
+        assert int(ckpt["state_dict"]["distill.bank.filled"]) > 0
+    shutil.rmtree(out, ignore_errors=True)
