@@ -35,6 +35,7 @@ from copydistill.errors import ModelSpecError
 from copydistill.models.backbones import PixelModel
 from copydistill.models.descriptor import ResizePolicy
 from copydistill.models.gem import PixelInput
+from copydistill.models.export import synthetic_pixels
 from copydistill.models.registry import load_descriptor
 from copydistill.models.teachers import FrozenTeacher, SSCDResNet50, load_weights
 from copydistill.models.torch_descriptor import TorchDescriptor
@@ -42,24 +43,13 @@ from copydistill.models.torch_descriptor import TorchDescriptor
 pytestmark = [
     pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
     pytest.mark.filterwarnings("ignore:.*is deprecated:FutureWarning"),  # torch.jit.* deprecations
+    pytest.mark.usefixtures("drop_big_files"),
 ]
 
 
-@pytest.fixture(autouse=True)
-def _drop_big_files(tmp_path):
-    """Delete the multi-MB weight files a test wrote (pytest keeps its last three tmp trees)."""
-    yield
-    for path in tmp_path.rglob("*"):
-        if path.is_file() and path.stat().st_size > 1 << 20:
-            path.unlink()
-
 
 def _pixels(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
-    """Smooth-ish random uint8 RGB images (N, H, W, 3): blocky colour fields plus noise."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, (n, height // 8 + 1, width // 8 + 1, 3))
-    smooth = coarse.repeat(8, axis=1).repeat(8, axis=2)[:, :height, :width]
-    return np.clip(smooth + rng.integers(-25, 26, smooth.shape), 0, 255).astype(np.uint8)
+    return synthetic_pixels(height, width, n=n, seed=seed, noise=25)
 
 
 def _as_input(pixels: np.ndarray) -> torch.Tensor:

@@ -20,6 +20,7 @@ from copydistill.data.disc import DiscLayout
 from copydistill.errors import CopydistillError
 from copydistill.eval.disc import evaluate_disc, format_table
 from copydistill.eval.report import write_report
+from copydistill.io.atomic import atomic_write_bytes, atomic_write_text
 from copydistill.models import load_descriptor
 from copydistill.train.run import STUDENT_FILE, train
 
@@ -76,7 +77,7 @@ def run_quickstart(out: str | Path, size: str = "small", seed: int = 0, recipe: 
 
     _stage(6, "exporting the distilled student and writing the report", start)
     onnx_path = out / "student_kd.onnx"
-    onnx_path.write_bytes((kd_dir / "final" / "student.onnx").read_bytes())
+    atomic_write_bytes(onnx_path, (kd_dir / "final" / "student.onnx").read_bytes())
     intro = (
         f"<p>Embedded benchmark <b>{size}</b> (seed {seed}), DISC21 layout and ISC2021 metrics, "
         f"kNN k = 10. Teacher <code>{config.teacher}</code> at short side 288 (SSCD's protocol); "
@@ -89,8 +90,8 @@ def run_quickstart(out: str | Path, size: str = "small", seed: int = 0, recipe: 
     report = write_report(results, out / "report.html", title="copydistill quickstart", intro=intro)
     summaries = [r.summary() for r in results]
     total = time.perf_counter() - start
-    (out / "quickstart.json").write_text(json.dumps({"summaries": summaries, "timings_s": timings,
-                                                     "total_s": total}, indent=1))
+    atomic_write_text(out / "quickstart.json",
+                      json.dumps({"summaries": summaries, "timings_s": timings, "total_s": total}, indent=1))
     print(format_table(summaries))
     print(f"distilled student (ONNX, uint8 RGB in): {onnx_path}   use it as --model onnx:{onnx_path}")
     print(f"report: {report}   total {total:.0f} s")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -210,5 +210,3 @@ def format_table(summaries: list[dict]) -> str:
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(lines)
 
-
-__all__ = ["DiscResult", "MetricsRow", "evaluate_disc", "format_table", "asdict"]

@@ -54,7 +54,8 @@ class DuplicatePredictionError(CopydistillError):
     pass
 
 
-def _labels(gt: Sequence[GroundTruthPair], predictions: Sequence[Prediction]) -> np.ndarray:
+def label_predictions(gt: Sequence[GroundTruthPair], predictions: Sequence[Prediction]) -> np.ndarray:
+    """True where a prediction is a ground-truth pair."""
     positives = {(g.query, g.reference) for g in gt}
     return np.fromiter(
         ((p.query, p.reference) in positives for p in predictions), dtype=bool, count=len(predictions)
@@ -138,7 +139,7 @@ def evaluate(gt: Sequence[GroundTruthPair], predictions: Sequence[Prediction]) -
     """All ISC2021 metrics of ``predictions`` against ``gt`` (pairs with a reference only)."""
     check_no_duplicates(predictions)
     gt = [g for g in gt if g.reference]
-    labels = _labels(gt, predictions)
+    labels = label_predictions(gt, predictions)
     scores = np.fromiter((p.score for p in predictions), dtype=np.float64, count=len(predictions))
     precision, recall, thresholds = precision_recall_curve(scores, labels, len(gt))
     ap = average_precision(recall, precision) if gt else 0.0

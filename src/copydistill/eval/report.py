@@ -16,7 +16,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from copydistill.eval.disc import DiscResult  # noqa: E402
-from copydistill.eval.metrics import GroundTruthPair, Prediction, precision_recall_curve  # noqa: E402
+from copydistill.eval.metrics import (  # noqa: E402
+    GroundTruthPair,
+    Prediction,
+    label_predictions,
+    precision_recall_curve,
+)
 from copydistill.io.atomic import atomic_write_text  # noqa: E402
 from copydistill.io.images import load_image  # noqa: E402
 from copydistill.errors import ImageError  # noqa: E402
@@ -39,10 +44,8 @@ def _png(fig) -> str:
 
 
 def _labels(gt: list[GroundTruthPair], predictions: list[Prediction]) -> tuple[np.ndarray, np.ndarray]:
-    positives = {(g.query, g.reference) for g in gt}
     scores = np.array([p.score for p in predictions], dtype=np.float64)
-    labels = np.array([(p.query, p.reference) in positives for p in predictions], dtype=bool)
-    return scores, labels
+    return scores, label_predictions(gt, predictions)
 
 
 def pr_curves(curves: list[tuple[str, list[GroundTruthPair], list[Prediction]]]) -> str:

@@ -34,17 +34,18 @@ def _metadata(descriptor: Descriptor) -> dict:
     return {**descriptor.fingerprint(), "input": "uint8_nhwc", "dims": descriptor.dims}
 
 
-def _random_pixels(height: int, width: int, n: int = 3, seed: int = 0) -> np.ndarray:
+def synthetic_pixels(height: int, width: int, n: int = 3, seed: int = 0, noise: int = 20) -> np.ndarray:
+    """Smooth-ish random uint8 RGB images (N, H, W, 3): 8-px colour blocks plus noise."""
     rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, (n, height // 8 + 1, width // 8 + 1, 3)).astype(np.uint8)
+    coarse = rng.integers(0, 256, (n, height // 8 + 1, width // 8 + 1, 3))
     smooth = coarse.repeat(8, axis=1).repeat(8, axis=2)[:, :height, :width]
-    return np.clip(smooth + rng.integers(-20, 21, smooth.shape), 0, 255).astype(np.uint8)
+    return np.clip(smooth + rng.integers(-noise, noise + 1, smooth.shape), 0, 255).astype(np.uint8)
 
 
 def _verify(reference: TorchDescriptor, exported: Descriptor, path: Path, sizes) -> float:
     worst = 1.0
     for i, (h, w) in enumerate(sizes):
-        pixels = _random_pixels(h, w, seed=i)
+        pixels = synthetic_pixels(h, w, seed=i)
         try:
             theirs = exported.embed_batch(pixels)
         except Exception as err:  # ONNX Runtime / TorchScript runtime errors
@@ -96,7 +97,7 @@ def _export(descriptor: Descriptor, fmt: str, out: str | Path, fixed: int | None
 
     module = descriptor.module.cpu().eval()
     sizes = ((fixed, fixed),) if fixed else VERIFY_SIZES
-    example = torch.from_numpy(_random_pixels(*sizes[0], n=2))
+    example = torch.from_numpy(synthetic_pixels(*sizes[0], n=2))
     axes = {0: "batch"} if fixed else {0: "batch", 1: "height", 2: "width"}
     meta = _metadata(descriptor)
     try:

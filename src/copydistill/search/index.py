@@ -165,15 +165,20 @@ def to_gpu(index: faiss.Index) -> faiss.Index:
         return index
 
 
+def _faiss_reason(err: RuntimeError) -> str:
+    """The last non-empty line of a FAISS error (the rest is a C++ stack)."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return lines[-1] if lines else str(err) or "not understood"
+
+
 def new_index(factory: str, dims: int) -> faiss.Index:
     """An empty inner-product index for a FAISS factory string (``Flat``, ``IVF4096,PQ32``, ...)."""
     try:
         return faiss.index_factory(dims, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as err:
-        lines = [line for line in str(err).splitlines() if line.strip()]
         raise CopydistillError(
             f"--index-factory {factory!r} is not a FAISS factory string for {dims}-d vectors "
-            f"({lines[-1] if lines else 'not understood'}). Use Flat (exact), IVF4096,Flat, "
+            f"({_faiss_reason(err)}). Use Flat (exact), IVF4096,Flat, "
             "IVF4096,PQ32, OPQ32,IVF4096,PQ32, HNSW32, ..."
         ) from err
 
@@ -204,10 +209,9 @@ def train_index(
         with faiss_messages() as messages:
             index.train(sample)
     except RuntimeError as err:
-        lines = [line for line in str(err).splitlines() if line.strip()]
         raise CopydistillError(
             f"--index-factory {factory}: training failed on {len(sample)} reference vectors "
-            f"({lines[-1] if lines else err}). IVF<n> needs at least n references (FAISS wants "
+            f"({_faiss_reason(err)}). IVF<n> needs at least n references (FAISS wants "
             "39 x n) and PQ at least 256: use Flat for small collections or a smaller IVF<n>."
         ) from err
     # FAISS repeats its warning once per sub-quantizer

@@ -4,9 +4,7 @@ export. ``copydistill train --config FILE [key=value ...]`` calls ``train``."""
 from __future__ import annotations
 
 import json
-import os
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -180,5 +178,3 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
     trainer.fit(module, datamodule=ViewsData(dataset, config), ckpt_path=ckpt)
     return out
 
-
-__all__ = ["train", "asdict", "os"]
