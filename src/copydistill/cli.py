@@ -28,6 +28,16 @@ def _add_model_options(p: argparse.ArgumentParser, multiple: bool = False) -> No
                    help="undecodable images: skip them (listed in skipped.tsv) or stop")
 
 
+def _add_parallel_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--devices", type=int, default=1, metavar="N",
+                   help="embedding processes per node (GPUs or CPU processes); >1 runs DDP")
+    p.add_argument("--num-nodes", type=int, default=1, metavar="M",
+                   help="nodes of a torchrun/SLURM job (--out on a filesystem all nodes share)")
+    p.add_argument("--accelerator", choices=("cpu", "gpu", "auto"), default=None,
+                   help="embed through Lightning on this accelerator (default: the single-process "
+                        "CPU path, or auto with --devices/--num-nodes > 1)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="copydistill", description="Image copy detection: train, distill, evaluate, search."
@@ -50,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     emb.add_argument("--images", type=Path, required=True)
     emb.add_argument("--out", type=Path, required=True, help="output folder (embeddings.npz)")
     emb.add_argument("--hdf5", type=Path, default=None, help="also export ISC descriptor HDF5")
+    _add_parallel_options(emb)
 
     ev = sub.add_parser("eval", help="evaluate descriptors").add_subparsers(dest="eval_command", required=True)
     disc = ev.add_parser("disc", help="DISC21 protocol (µAP, Acc@1, R@P90) on a DISC-layout folder")
@@ -66,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("queries", "references", "train", "ground-truth"):
         disc.add_argument(f"--{name}", default=None, help=f"override the {name} path (relative to --data)")
     disc.add_argument("--no-report", action="store_true")
+    _add_parallel_options(disc)
 
     cd = ev.add_parser("copydays", help="Copydays (+ distractors): strong mAP and overall µAP")
     cd.add_argument("--data", type=Path, required=True, help="Copydays folder (original/, strong/, ...)")
@@ -129,12 +141,28 @@ def _load(args, spec: str):
     return load_descriptor(spec, resize=args.resize, threads=args.threads, batch_size=args.batch_size)
 
 
-def _cmd_embed(args) -> None:
-    from copydistill.data.disc import records_from_folder
+def _embedder(args):
+    """``embed_records``, or its Lightning/DDP version when the parallel options ask for it."""
     from copydistill.eval.embed import embed_records
 
+    if args.devices == 1 and args.num_nodes == 1 and args.accelerator is None:
+        return embed_records
+    from functools import partial
+
+    from copydistill.eval.distributed_embed import embed_records_distributed
+
+    return partial(embed_records_distributed, accelerator=args.accelerator or "auto",
+                   devices=args.devices, num_nodes=args.num_nodes)
+
+
+def _cmd_embed(args) -> None:
+    from copydistill.data.disc import records_from_folder
+
+    embed = _embedder(args)
     descriptor = _load(args, args.model)
-    result = embed_records(descriptor, records_from_folder(args.images), args.out, on_error=args.on_error)
+    result = embed(descriptor, records_from_folder(args.images), args.out, on_error=args.on_error)
+    if result is None:  # a helper rank of a distributed run: rank 0 reports
+        return
     if args.hdf5:
         result.export_isc_hdf5(args.hdf5)
     print(f"{len(result)} images embedded ({result.dims} dims) into {args.out / 'embeddings.npz'}")
@@ -153,16 +181,21 @@ def _cmd_eval_disc(args) -> None:
     from copydistill.eval.report import write_report
 
     layout = DiscLayout.find(args.data, args.queries, args.references, args.train, args.ground_truth)
+    embed = _embedder(args)
     results = []
     for spec in args.model:
         descriptor = _load(args, spec)
         out = args.out if len(args.model) == 1 else args.out / spec.replace(":", "_").replace("/", "_")
-        results.append(
-            evaluate_disc(layout, descriptor, out, k=args.k, score_norm=args.score_norm,
-                          codec=args.codec, codec_dims=args.codec_dims,
-                          max_results=args.global_candidates, on_error=args.on_error)
-        )
+        result = evaluate_disc(layout, descriptor, out, k=args.k, score_norm=args.score_norm,
+                               codec=args.codec, codec_dims=args.codec_dims,
+                               max_results=args.global_candidates, on_error=args.on_error,
+                               embed=embed)
+        if result is None:  # a helper rank of a distributed run: it only embeds
+            continue
+        results.append(result)
         _report_skipped(*(out / "embeddings" / s / "skipped.tsv" for s in ("queries", "references", "train")))
+    if not results:
+        return
     print(format_table([r.summary() for r in results]))
     if not args.no_report:
         report = write_report(results, args.out / "report.html", title=f"DISC evaluation: {args.data}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -92,28 +93,40 @@ def evaluate_disc(
     max_results: int | None = None,
     on_error: OnError = "skip",
     progress: bool = True,
-) -> DiscResult:
-    """Evaluate ``descriptor`` on ``layout``; writes embeddings, predictions and metrics to ``out``."""
+    embed: Callable[..., Embeddings | None] = embed_records,
+) -> DiscResult | None:
+    """Evaluate ``descriptor`` on ``layout``; writes embeddings, predictions and metrics to ``out``.
+
+    ``embed`` embeds each split (``embed_records``' signature), e.g. a partial of
+    ``embed_records_distributed``; when it returns None (a helper rank of a distributed run)
+    this returns None once every split is embedded, leaving the evaluation to rank 0.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     splits = {"queries": layout.queries, "references": layout.references}
     if layout.train is not None:
         splits["train"] = layout.train
     embeddings: dict[str, Embeddings] = {}
-    counted, seconds, skipped = 0, 0.0, 0
+    counted, seconds, skipped, helper_rank = 0, 0.0, 0, False
     for split, folder in splits.items():
         records = records_from_folder(folder)
         cache = out / "embeddings" / split
         cached = (cache / "embeddings.npz").is_file()
         start = time.perf_counter()
-        embeddings[split] = embed_records(
+        embedded = embed(
             descriptor, records, cache, on_error=on_error, desc=f"{descriptor.name} {split}",
             progress=progress,
         )
+        if embedded is None:
+            helper_rank = True
+            continue
+        embeddings[split] = embedded
         if not cached:
             counted += len(records)
             seconds += time.perf_counter() - start
-        skipped += len(records) - len(embeddings[split])
+        skipped += len(records) - len(embedded)
+    if helper_rank:
+        return None
     if len(embeddings["references"]) == 0:
         raise CopydistillError(f"{layout.references}: no usable reference images")
     gt = read_ground_truth(layout.ground_truth)

@@ -3,7 +3,9 @@
 A run writes ``part-NNNNNN.npz`` chunks into its folder as it goes; an interrupted run picks up
 after the last finished chunk, provided the model fingerprint and the image list are the same.
 The finished result is ``embeddings.npz`` (``ids``, ``vectors``, ``paths``) plus ``meta.json``,
-and the skipped files (undecodable images) are listed in ``skipped.tsv``.
+and the skipped files (undecodable images) are listed in ``skipped.tsv``. ``embed_part`` and
+``assemble_parts`` are shared with the data-parallel path (``distributed_embed``), so both write
+and read the same folder.
 """
 
 from __future__ import annotations
@@ -78,6 +80,105 @@ def _decode(
         return None, err
 
 
+@dataclass
+class Part:
+    """One chunk's result: its embeddings and its skipped (path, error) pairs."""
+
+    embeddings: Embeddings
+    skipped: list[tuple[str, str]]
+
+
+def chunk_starts(count: int) -> range:
+    """The record offsets at which the chunks of ``count`` records start."""
+    return range(0, count, CHUNK)
+
+
+def part_path(out: Path, start: int) -> Path:
+    return out / f"part-{start:09d}.npz"
+
+
+def start_cache(out: Path, meta: dict) -> None:
+    """Make ``out`` ready for the parts of ``meta``'s run: drop the parts of another model or
+    image list (an interrupted run of the same one is resumed) and record ``meta``."""
+    out.mkdir(parents=True, exist_ok=True)
+    stale = out / "meta.json"
+    if stale.exists() and json.loads(stale.read_text()) != meta:
+        for part in out.glob("part-*.npz"):
+            part.unlink()
+    atomic_write_text(out / "meta.json", json.dumps(meta))
+
+
+def embed_part(
+    descriptor: Descriptor,
+    records: list[ImageRecord],
+    start: int,
+    out: Path | None,
+    on_error: OnError,
+    pool: ThreadPoolExecutor,
+) -> Part:
+    """The chunk of ``records`` starting at ``start``: read from its part file in ``out`` when a
+    previous run wrote it, else embedded (decoding on ``pool``) and written there atomically."""
+    path = part_path(out, start) if out is not None else None
+    if path is not None and path.exists():
+        return load_part(path)
+    chunk = records[start : start + CHUNK]
+    decoded = list(pool.map(lambda r: _decode(descriptor, r), chunk))
+    keep = []
+    skipped = []
+    for record, (pixels, error) in zip(chunk, decoded, strict=True):
+        if error is None:
+            keep.append((record, pixels))
+        elif on_error == "fail":
+            raise error
+        else:
+            skipped.append((str(record.path), f"{error.kind}: {error.reason}"))
+    vecs = (
+        descriptor.embed_pixels([p for _, p in keep])
+        if keep
+        else np.zeros((0, descriptor.dims), np.float32)
+    )
+    part = Part(Embeddings([r.id for r, _ in keep], vecs, [str(r.path) for r, _ in keep]), skipped)
+    if path is not None:
+        with atomic_write(path, "wb") as handle:
+            np.savez(
+                handle,
+                ids=np.array(part.embeddings.ids, dtype=str),
+                vectors=part.embeddings.vectors,
+                paths=np.array(part.embeddings.paths, dtype=str),
+                skipped=np.array([f"{p}\t{e}" for p, e in skipped], dtype=str),
+            )
+    return part
+
+
+def load_part(path: Path) -> Part:
+    embeddings = Embeddings.load(path)
+    with np.load(path, allow_pickle=False) as data:
+        skipped = [tuple(s.split("\t", 1)) for s in data.get("skipped", [])]
+    return Part(embeddings, skipped)  # type: ignore[arg-type]
+
+
+def assemble_parts(parts: list[Part], dims: int, out: Path | None) -> Embeddings:
+    """Concatenate ``parts`` (in chunk order); with ``out``, write ``embeddings.npz`` and
+    ``skipped.tsv`` there and delete the part files, else print the skipped files."""
+    skipped = [s for part in parts for s in part.skipped]
+    result = Embeddings(
+        [i for part in parts for i in part.embeddings.ids],
+        np.concatenate([part.embeddings.vectors for part in parts])
+        if parts
+        else np.zeros((0, dims), np.float32),
+        [p for part in parts for p in part.embeddings.paths],
+    )
+    if out is not None:
+        result.save(out / "embeddings.npz")
+        write_skip_list(out / "skipped.tsv", skipped)
+        for part in out.glob("part-*.npz"):
+            part.unlink()
+    else:
+        for path, error in skipped:
+            tqdm.write(f"skipped {path}: {error}", file=sys.stderr)
+    return result
+
+
 def embed_records(
     descriptor: Descriptor,
     records: list[ImageRecord],
@@ -90,78 +191,24 @@ def embed_records(
     """Embed ``records`` with ``descriptor``; with ``out_dir``, cache and resume there.
 
     Undecodable images are skipped (listed in ``out_dir/skipped.tsv``) or, with
-    ``on_error="fail"``, raise the typed image error naming the file.
+    ``on_error="fail"``, raise the typed image error naming the file. The data-parallel
+    version is ``copydistill.eval.distributed_embed.embed_records_distributed``.
     """
     out = Path(out_dir) if out_dir else None
-    meta = cache_meta(descriptor, records)
     if out is not None:
-        final = _load_finished(out, meta)
+        meta = cache_meta(descriptor, records)
+        final = load_finished(out, meta)
         if final is not None:
             return final
-        out.mkdir(parents=True, exist_ok=True)
-        stale = out / "meta.json"
-        if stale.exists() and json.loads(stale.read_text()) != meta:
-            for part in out.glob("part-*.npz"):
-                part.unlink()
-        atomic_write_text(out / "meta.json", json.dumps(meta))
-
-    ids: list[str] = []
-    paths: list[str] = []
-    vectors: list[np.ndarray] = []
-    skipped: list[tuple[str, str]] = []
+        start_cache(out, meta)
+    parts: list[Part] = []
     bar = tqdm(total=len(records), desc=desc, unit="img", disable=not progress, leave=False)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for start in range(0, len(records), CHUNK):
-            chunk = records[start : start + CHUNK]
-            part_path = out / f"part-{start:09d}.npz" if out else None
-            if part_path is not None and part_path.exists():
-                part = Embeddings.load(part_path)
-                with np.load(part_path, allow_pickle=False) as data:
-                    skipped += [tuple(s.split("\t", 1)) for s in data.get("skipped", [])]
-            else:
-                decoded = list(pool.map(lambda r: _decode(descriptor, r), chunk))
-                keep = []
-                part_skipped = []
-                for record, (pixels, error) in zip(chunk, decoded, strict=True):
-                    if error is None:
-                        keep.append((record, pixels))
-                    elif on_error == "fail":
-                        raise error
-                    else:
-                        part_skipped.append((str(record.path), f"{error.kind}: {error.reason}"))
-                vecs = (
-                    descriptor.embed_pixels([p for _, p in keep])
-                    if keep
-                    else np.zeros((0, descriptor.dims), np.float32)
-                )
-                part = Embeddings([r.id for r, _ in keep], vecs, [str(r.path) for r, _ in keep])
-                if part_path is not None:
-                    with atomic_write(part_path, "wb") as handle:
-                        np.savez(
-                            handle,
-                            ids=np.array(part.ids, dtype=str),
-                            vectors=part.vectors,
-                            paths=np.array(part.paths, dtype=str),
-                            skipped=np.array([f"{p}\t{e}" for p, e in part_skipped], dtype=str),
-                        )
-                skipped += part_skipped
-            ids += part.ids
-            paths += part.paths
-            vectors.append(part.vectors)
-            bar.update(len(chunk))
+        for start in chunk_starts(len(records)):
+            parts.append(embed_part(descriptor, records, start, out, on_error, pool))
+            bar.update(min(CHUNK, len(records) - start))
     bar.close()
-    result = Embeddings(
-        ids, np.concatenate(vectors) if vectors else np.zeros((0, descriptor.dims), np.float32), paths
-    )
-    if out is not None:
-        result.save(out / "embeddings.npz")
-        write_skip_list(out / "skipped.tsv", skipped)
-        for part in out.glob("part-*.npz"):
-            part.unlink()
-    elif skipped:
-        for path, error in skipped:
-            tqdm.write(f"skipped {path}: {error}", file=sys.stderr)
-    return result
+    return assemble_parts(parts, descriptor.dims, out)
 
 
 def cache_meta(descriptor: Descriptor, records: list[ImageRecord]) -> dict:
@@ -183,7 +230,8 @@ def write_skip_list(path: Path, skipped: list[tuple[str, str]]) -> None:
     atomic_write_text(path, "".join(f"{p}\t{e}\n" for p, e in skipped))
 
 
-def _load_finished(out: Path, meta: dict) -> Embeddings | None:
+def load_finished(out: Path, meta: dict) -> Embeddings | None:
+    """The finished ``embeddings.npz`` in ``out`` if its ``meta.json`` equals ``meta``."""
     meta_path, final = out / "meta.json", out / "embeddings.npz"
     if not (meta_path.is_file() and final.is_file()):
         return None
