@@ -15,6 +15,9 @@
 (b) Similarity distillation with a MemoryBank on each rank enqueues the teacher keys of both
     ranks, in rank order, and the banks stay identical across ranks.
 
+(c) MoCo (method.md §3.3) scores each rank's queries against its own keys and the shared queue,
+    then enqueues the keys of both ranks, in rank order: the queues stay identical.
+
 Children write their results with ``torch.save`` into tmp_path; the parent asserts.
 """
 
@@ -63,6 +66,14 @@ def _teacher_keys() -> torch.Tensor:
     return 2.0 * torch.randn(WORLD * 2 * N_IMAGES, DIM, generator=g)
 
 
+def _moco_rows() -> tuple[torch.Tensor, torch.Tensor]:
+    """(W·B, d) unit queries (view0) and keys (view1); rank r holds rows [r·B, (r+1)·B)."""
+    g = torch.Generator().manual_seed(11)
+    q = F.normalize(torch.randn(WORLD * N_IMAGES, DIM, generator=g), dim=1)
+    k = F.normalize(q + 0.5 * torch.randn(WORLD * N_IMAGES, DIM, generator=g), dim=1)
+    return q, k
+
+
 def _worker(rank: int, port: int, out_dir: str) -> None:
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)
@@ -71,6 +82,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         from copydistill.losses.contrastive import InfoNCEEntropy, match_matrix
         from copydistill.losses.distill import MemoryBank, SimilarityDistillation
         from copydistill.losses.distributed import gather, gather_with_grad, world
+        from copydistill.losses.moco import MoCoHardNegative
 
         assert world() == (rank, WORLD)
         n = 2 * N_IMAGES
@@ -92,6 +104,12 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         distill = SimilarityDistillation(bank, 0.05, 0.05)
         student = F.normalize(torch.randn(n, DIM, generator=torch.Generator().manual_seed(rank)), dim=1)
         kd_loss, _ = distill(student, keys[rank * n : (rank + 1) * n])
+
+        # (c) MoCo: a queue of 11 (not a multiple of the 2 x 4 gathered keys) on each rank
+        queue = MemoryBank(dim=DIM, size=11, seed=1)
+        queries, moco_keys = _moco_rows()
+        rows = slice(rank * N_IMAGES, (rank + 1) * N_IMAGES)
+        moco_loss, _ = MoCoHardNegative(queue, 0.07, 5.0)(queries[rows], moco_keys[rows])
         torch.save({
             "loss": loss.detach(), "stats": {k: v.detach() for k, v in stats.items()},
             "grad": grad.detach(), "match": match, "gathered_ids": gather(ids),
@@ -99,6 +117,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             "kd_loss": kd_loss.detach(), "student": student,
             "queue": bank.queue.clone(), "ordered": bank.ordered().clone(),
             "pointer": int(bank.pointer), "filled": int(bank.filled),
+            "moco_loss": moco_loss, "moco_queue": queue.queue.clone(),
+            "moco_pointer": int(queue.pointer),
         }, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -189,3 +209,17 @@ def test_distillation_loss_uses_global_keys(results):
         log_p_s = F.log_softmax(res["student"] @ bank.T / 0.05, dim=1)
         expected = -(p_t * log_p_s).sum(1).mean()
         assert float(res["kd_loss"]) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_moco_queue_enqueues_keys_of_both_ranks_in_rank_order(results):
+    from copydistill.losses.distill import MemoryBank
+    from copydistill.losses.moco import MoCoHardNegative
+
+    queries, keys = _moco_rows()
+    for r, res in enumerate(results):
+        assert res["moco_pointer"] == WORLD * N_IMAGES
+        assert torch.allclose(res["moco_queue"][: WORLD * N_IMAGES], keys, atol=1e-6)  # rank 0's, then rank 1's
+        rows = slice(r * N_IMAGES, (r + 1) * N_IMAGES)  # each rank: its own rows against the initial queue
+        expected, _ = MoCoHardNegative(MemoryBank(DIM, 11, seed=1), 0.07, 5.0)(queries[rows], keys[rows])
+        assert float(res["moco_loss"]) == pytest.approx(float(expected), rel=1e-6)
+    assert torch.equal(results[0]["moco_queue"], results[1]["moco_queue"])

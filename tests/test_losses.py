@@ -1,6 +1,6 @@
 """Losses against literal re-implementations of method.md: InfoNCE + differential entropy (§1.2),
-DirectCLR (§2.6), the memory bank and similarity distillation (§2.4 with the §2.8 fixes) and the
-contrastive mixup (§1.4).
+DirectCLR (§2.6), the memory bank and similarity distillation (§2.4 with the §2.8 fixes), RDCD's
+relational KL (§3.4) and MoCo with the hard-negative term (§3.3), and the contrastive mixup (§1.4).
 
 The references below are deliberately naive Python loops over rows and columns, in float64, so
 that they read like the formulas of the method document rather than like the vectorised code.
@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from copydistill.augment.mixup import ContrastiveMixup
 from copydistill.losses.contrastive import DirectCLR, InfoNCEEntropy, match_matrix
 from copydistill.losses.distill import MemoryBank, SimilarityDistillation
+from copydistill.losses.moco import MoCoHardNegative
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,6 +370,159 @@ def test_similarity_distillation_kl_is_non_negative(seed, tau_t, tau_s, scale):
     assert torch.isfinite(loss)
     assert float(stats["kd_kl"]) >= -1e-5
     assert float(stats["kd_ce"]) >= float(stats["kd_kl"]) - 1e-5  # CE = KL + H(p_t), H >= 0
+
+
+def test_similarity_distillation_rejects_bad_settings():
+    with pytest.raises(ValueError, match="objective"):
+        SimilarityDistillation(MemoryBank(4, 4), objective="mse")
+    with pytest.raises(ValueError, match="temperature"):
+        SimilarityDistillation(MemoryBank(4, 4), 0.0, 0.05)
+
+
+# --------------------------------------------------------------------------------------------
+# relational KL (RDCD "KLD", §3.4's most probable definition)
+# --------------------------------------------------------------------------------------------
+
+
+def _hand_relational_kl(student, teacher, queue, tau):
+    """KL(p_t ‖ p_s) over the queue alone (no current keys), batch mean, as loops."""
+    t = F.normalize(teacher.double(), dim=1)
+    s, bank = student.double(), queue.double()
+    total = 0.0
+    for i in range(s.shape[0]):
+        lt = [float(t[i] @ k) / tau for k in bank]
+        ls = [float(s[i] @ k) / tau for k in bank]
+        log_zt = max(lt) + math.log(sum(math.exp(v - max(lt)) for v in lt))
+        log_zs = max(ls) + math.log(sum(math.exp(v - max(ls)) for v in ls))
+        total += sum(math.exp(a - log_zt) * ((a - log_zt) - (b - log_zs)) for a, b in zip(lt, ls))
+    return total / s.shape[0]
+
+
+def test_relational_kl_against_hand_computation_then_enqueues():
+    torch.manual_seed(4)
+    bank = MemoryBank(dim=5, size=8, seed=3)
+    kld = SimilarityDistillation(bank, 0.04, 0.04, prepend_current=False, objective="kl")
+    student = F.normalize(torch.randn(3, 5), dim=1)
+    teacher = 2.0 * torch.randn(3, 5)
+    queue0 = bank.queue.clone()
+    loss, stats = kld(student, teacher)
+    expected = _hand_relational_kl(student, teacher, queue0, 0.04)
+    assert float(loss) == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    assert float(stats["kd_kl"]) == pytest.approx(float(loss), rel=1e-6)
+    assert float(stats["kd_ce"]) > float(stats["kd_kl"])  # CE = KL + teacher entropy > 0
+    # the queue alone was the bank (the current keys were not prepended), then they were enqueued
+    thesis, _ = SimilarityDistillation(MemoryBank(5, 8, seed=3), 0.04, 0.04, objective="kl")(student, teacher)
+    assert float(thesis) != pytest.approx(expected, rel=1e-3)
+    assert torch.allclose(bank.ordered()[-3:], F.normalize(teacher, dim=1))
+    assert int(bank.pointer) == 3
+    teacher2 = torch.randn(3, 5)
+    queue1 = bank.queue.clone()
+    loss2, _ = kld(student, teacher2)
+    assert float(loss2) == pytest.approx(_hand_relational_kl(student, teacher2, queue1, 0.04), rel=1e-4, abs=1e-5)
+
+
+def test_relational_kl_is_zero_with_zero_gradient_when_student_is_teacher():
+    torch.manual_seed(5)
+    bank = MemoryBank(dim=8, size=16, seed=1)
+    keys = F.normalize(torch.randn(6, 8), dim=1)
+    student = keys.clone().requires_grad_(True)
+    loss, _ = SimilarityDistillation(bank, 0.04, 0.04, prepend_current=False, objective="kl")(student, keys)
+    (grad,) = torch.autograd.grad(loss, student)
+    assert abs(float(loss.detach())) < 1e-6 and grad.norm() < 1e-5
+    other = F.normalize(torch.randn(6, 8), dim=1)
+    loss2, _ = SimilarityDistillation(MemoryBank(8, 16, seed=1), 0.04, 0.04, prepend_current=False,
+                                      objective="kl")(other, keys)
+    assert float(loss2) > 1e-2
+
+
+# --------------------------------------------------------------------------------------------
+# MoCo + hard negatives (§3.3)
+# --------------------------------------------------------------------------------------------
+
+
+def _hand_moco(q, k, queue, tau, lam):
+    """§3.3 as loops: CE to label 0 over [q·k | q·Q]/T, and −λ mean log max(1 − max_j q·Q_j, 1e-3)."""
+    nce, hn = 0.0, 0.0
+    for i in range(q.shape[0]):
+        logits = [float(q[i] @ k[i]) / tau] + [float(q[i] @ key) / tau for key in queue]
+        top = max(logits)
+        nce += -(logits[0] - top - math.log(sum(math.exp(v - top) for v in logits)))
+        hardest = max(float(q[i] @ key) for key in queue)
+        hn += -math.log(max(1 - hardest, 1e-3))
+    n = q.shape[0]
+    return nce / n + lam * hn / n, nce / n, hn / n
+
+
+@pytest.mark.parametrize("tau,lam", [(0.07, 5.0), (0.2, 0.0), (0.5, 1.5)])
+def test_moco_hard_negative_against_hand_computation(tau, lam):
+    queue = MemoryBank(dim=4, size=6, seed=0)
+    q, k = _unit(3, 4, 1), _unit(3, 4, 2)
+    before = queue.queue.clone()
+    loss, stats = MoCoHardNegative(queue, tau, lam)(q, k)
+    expected, nce, hn = _hand_moco(q, k, before.double(), tau, lam)
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    assert float(stats["nce"]) == pytest.approx(nce, rel=1e-6)
+    assert float(stats["hard_negative"]) == pytest.approx(hn, rel=1e-6)
+    assert float(stats["positive_sim"]) == pytest.approx(float((q * k).sum(1).mean()), rel=1e-9)
+    sims = q @ before.double().T
+    assert float(stats["hardest_negative_sim"]) == pytest.approx(float(sims.max(1).values.mean()), rel=1e-6)
+    assert float(stats["negative_sim"]) == pytest.approx(float(sims.mean()), rel=1e-6)
+    # then the keys were enqueued (FIFO), after scoring against the old queue
+    assert torch.allclose(queue.ordered()[-3:].double(), k, atol=1e-6)
+    assert int(queue.pointer) == 3 and int(queue.filled) == 3
+
+
+def test_moco_hard_negative_term_clamps_at_one_thousandth():
+    # a queue key identical to the query: 1 − s = 0 → clamped to 1e-3, −log(1e-3) = 6.908
+    q = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    queue = MemoryBank(dim=2, size=2, seed=0)
+    queue.enqueue(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    _, stats = MoCoHardNegative(queue, 0.07, 5.0)(q, torch.tensor([[0.0, 1.0]], dtype=torch.float64))
+    assert float(stats["hard_negative"]) == pytest.approx(-math.log(1e-3), rel=1e-9)
+    assert float(stats["hardest_negative_sim"]) == pytest.approx(1.0)
+
+
+def test_moco_gradients_reach_queries_only_and_queue_snapshot_is_safe():
+    queue = MemoryBank(dim=6, size=5, seed=2)
+    q = _unit(4, 6, 3).float().requires_grad_(True)
+    k = _unit(4, 6, 4).float().requires_grad_(True)
+    loss, _ = MoCoHardNegative(queue, 0.07, 5.0)(q, k)  # enqueues 4 of 5 slots in place
+    loss.backward()  # the scores used a copy of the queue, so the in-place write is harmless
+    assert torch.isfinite(q.grad).all() and q.grad.norm() > 0
+    assert k.grad is None
+    assert not queue.queue.requires_grad
+    # enqueue=False (e.g. evaluation) leaves the queue alone
+    before = queue.queue.clone()
+    MoCoHardNegative(queue)(q.detach(), k.detach(), enqueue=False)
+    assert torch.equal(queue.queue, before) and int(queue.pointer) == 4
+
+
+def test_moco_and_relational_kl_stay_float32_under_bf16_autocast():
+    q, k = _unit(4, 8, 5).float(), _unit(4, 8, 6).float()
+    student, teacher = _unit(4, 8, 7).float(), _unit(4, 8, 8).float()
+
+    def losses():
+        moco, _ = MoCoHardNegative(MemoryBank(8, 16, seed=0), 0.07, 5.0)(q, k)
+        kld, _ = SimilarityDistillation(MemoryBank(8, 16, seed=1), 0.04, 0.04, prepend_current=False,
+                                        objective="kl")(student, teacher)
+        return moco, kld
+
+    reference = losses()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = losses()
+    for a, b in zip(reference, autocast):
+        assert b.dtype == torch.float32 and float(b) == pytest.approx(float(a), rel=1e-6)
+
+
+def test_moco_rejects_bad_settings_and_shapes():
+    with pytest.raises(ValueError, match="temperature"):
+        MoCoHardNegative(MemoryBank(4, 4), temperature=0.0)
+    with pytest.raises(ValueError, match="hard-negative"):
+        MoCoHardNegative(MemoryBank(4, 4), hn_weight=-1.0)
+    with pytest.raises(ValueError, match="queue"):
+        MoCoHardNegative(MemoryBank(4, 4))(_unit(2, 6, 0), _unit(2, 6, 1))
+    with pytest.raises(ValueError):
+        MoCoHardNegative(MemoryBank(4, 4))(_unit(2, 4, 0), _unit(3, 4, 1))
 
 
 # --------------------------------------------------------------------------------------------

@@ -128,6 +128,26 @@ def test_load_config_python_none_spelling():
     assert config.teacher is None and config.val_data is None
 
 
+@pytest.mark.parametrize("override,message", [
+    ("contrastive=simclr", "contrastive"),
+    ("kd_objective=mse", "kd_objective"),
+    ("kd_views=view1", "kd_views"),
+    ("moco_momentum=1.0", "moco_momentum"),
+    ("moco_momentum=-0.1", "moco_momentum"),
+    ("moco_temperature=0", "moco_temperature"),
+    ("moco_queue_size=0", "moco_queue_size"),
+    ("hn_weight=-1", "hn_weight"),
+    ("mixup=true", "mixup=false"),
+    ("directclr_dim=8", "directclr_dim=0"),
+    ("kd_dim=null", "kd_dim"),
+])
+def test_moco_config_is_checked_with_clear_errors(override, message):
+    valid = ["contrastive=moco", "teacher=sscd-int8", "kd_dim=512", "dims=64", "mixup=false"]
+    assert load_config(None, valid).contrastive == "moco"
+    with pytest.raises(CopydistillError, match=message):
+        load_config(None, [*valid, override])
+
+
 # --------------------------------------------------------------------------------------------
 # the LightningModule with a frozen torch teacher (§2.8 bugs 1-2)
 # --------------------------------------------------------------------------------------------
@@ -268,6 +288,68 @@ def test_lightning_fit_keeps_teacher_frozen_and_checkpoints_carry_the_bank(image
     fresh.load_state_dict(ckpt["state_dict"])  # what resuming does
     assert torch.equal(fresh.distill.bank.queue, module.distill.bank.queue)
     assert int(fresh.distill.bank.pointer) == 24 and int(fresh.distill.bank.filled) == 24
+
+
+def _moco_module(**overrides):
+    values = dict(contrastive="moco", dims=16, kd_dim=32, mixup=False, moco_queue_size=10,
+                  kd_views="query", kd_prepend_current=False, kd_objective="kl",
+                  kd_teacher_temperature=0.04, kd_student_temperature=0.04, kd_weight=1.0)
+    values.update(overrides)
+    return _module(**values)
+
+
+def test_moco_module_ema_key_encoder_no_grad_not_optimised():
+    """§3.3: θ_k ← m θ_k + (1 − m) θ_q each step before the keys; the key encoder takes no
+    gradient and is not in the optimiser; the teacher sees view0 only (§3.2)."""
+    module, teacher = _moco_module(moco_momentum=0.9)
+    module._trainer = SimpleNamespace(estimated_stepping_batches=12, num_training_batches=3, world_size=1)
+    configured = module.configure_optimizers()["optimizer"]
+    module._trainer = None
+    optimised = {id(p) for group in configured.param_groups for p in group["params"]}
+    assert optimised == {id(p) for p in module.student.parameters()}
+    key_params = list(module.key_encoder.encoder.parameters())
+    assert key_params and all(not p.requires_grad for p in key_params)
+    assert not optimised & {id(p) for p in key_params}
+    assert all(torch.equal(k, q) for k, q in zip(key_params, module.student.parameters()))  # starts as a copy
+    assert {"key_encoder.encoder.fc.weight", "moco.queue.queue", "distill.bank.queue"} <= set(module.state_dict())
+    optimizer = torch.optim.SGD(module.student.parameters(), lr=0.5)  # no warmup: the student moves
+    module.train()
+    for step in range(3):
+        keys_before = [p.detach().clone() for p in key_params]
+        query = [p.detach().clone() for p in module.student.parameters()]
+        batch = _batch(step)
+        loss = module.training_step(batch, step)
+        for k, k0, q in zip(key_params, keys_before, query):
+            assert torch.allclose(k, 0.9 * k0 + 0.1 * q, atol=1e-6)
+        if step:  # the student moved, so the update is not vacuous
+            assert not torch.allclose(keys_before[-1], query[-1])
+        optimizer.zero_grad()
+        loss.backward()
+        assert all(p.grad is None for p in key_params)
+        assert module.student.fc.weight.grad is not None and module.student.projector.weight.grad is not None
+        optimizer.step()
+        # the queue's newest keys are the key encoder's view1 descriptors (re-run: same batch stats)
+        expected = module.key_encoder(module._inputs(batch["views"][:, 1]))
+        assert torch.allclose(module.moco.queue.ordered()[-4:], expected, atol=1e-5)
+        # the KD bank got the teacher keys of view0 only (4 per step), not prepended (§3.4)
+        view0 = F.normalize(teacher(batch["views"][:, 0].permute(0, 2, 3, 1)), dim=1)
+        assert torch.allclose(module.distill.bank.ordered()[-4:], view0, atol=1e-5)
+    assert int(module.moco.queue.pointer) == 12 % 10 and int(module.moco.queue.filled) == 10
+    assert int(module.distill.bank.pointer) == 12 % 50
+    assert not torch.allclose(module.key_encoder.encoder.fc.weight, module.student.fc.weight)  # it lags
+
+
+def test_moco_module_teacher_on_both_views_and_without_teacher():
+    module, _ = _moco_module(kd_views="both")
+    module.training_step(_batch(0), 0)
+    assert int(module.distill.bank.pointer) == 8  # both views of 4 images
+    assert int(module.moco.queue.pointer) == 4
+    from copydistill.train.module import CopyDetectionModule
+
+    plain = CopyDetectionModule(TrainConfig(arch="mobilenetv4_conv_small", contrastive="moco", dims=16,
+                                            moco_queue_size=6, batch_size=4, mixup=False, sync_bn=False))
+    assert plain.distill is None and plain.infonce is None
+    assert torch.isfinite(plain.training_step(_batch(1), 0))
 
 
 def test_warmup_is_measured_in_real_epochs_when_max_steps_is_set():
@@ -445,6 +527,31 @@ def test_exact_resume_with_mixup(images, tmp_path, monkeypatch):
     assert _compare_runs(a, b) == []
 
 
+def test_exact_resume_with_moco_restores_key_encoder_and_both_queues(images, tmp_path, monkeypatch):
+    """RDCD mode (§3): a run interrupted after epoch 1 and resumed equals the uninterrupted one,
+    student, EMA key encoder (parameters and BN statistics), MoCo queue and KD bank."""
+    from copydistill.train.run import train
+
+    extra = ("epochs=2", "export=[]", "mixup=false", "contrastive=moco", "dims=16", "kd_dim=32",
+             "teacher=mobilenetv4_conv_small:dims=32,seed=3", "moco_queue_size=10", "bank_size=10",
+             "kd_views=query", "kd_prepend_current=false", "kd_objective=kl", "moco_momentum=0.9")
+    a, b = tmp_path / "A", tmp_path / "B"
+    train(_config(images, a, *extra), progress=False)
+    _train_with_stop_after_first_epoch(_config(images, b, *extra), monkeypatch)
+    half = torch.load(b / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert int(half["moco.queue.filled"]) == 10 and int(half["moco.queue.pointer"]) == 12 % 10
+    train(_config(images, b, *extra), progress=False)
+    assert _compare_runs(a, b) == []
+    sa = torch.load(a / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    sb = torch.load(b / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert set(sa) == set(sb)
+    restored = [k for k in sa if k.startswith(("key_encoder.", "moco.queue.", "distill.bank."))]
+    assert "key_encoder.encoder.fc.weight" in restored and "moco.queue.queue" in restored
+    assert any("running_mean" in k for k in restored)
+    assert [k for k in restored if not torch.allclose(sa[k].double(), sb[k].double(), atol=1e-5)] == []
+    assert int(sb["moco.queue.pointer"]) == 24 % 10 and int(sb["distill.bank.pointer"]) == 24 % 10
+
+
 def test_advanced_augmentation_survives_glyph_errors():
     from copydistill.augment.sscd import SSCDAugment, view_rng
     from copydistill.data.procedural import procedural_image
@@ -500,7 +607,8 @@ def test_recipe_runs_two_tiny_steps(recipe, images, tmp_path, teacher_files):
 
     raw = yaml.safe_load(recipe.read_text()) or {}
     overrides = [f"train_images={images}", f"out_dir={tmp_path / 'run'}", "image_size=32", "batch_size=4",
-                 "epochs=1", "max_steps=2", "workers=0", "export=[]", "bank_size=64", "val_data=null",
+                 "epochs=1", "max_steps=2", "workers=0", "export=[]", "bank_size=64", "moco_queue_size=64",
+                 "val_data=null",
                  f"cache_dir={tmp_path / 'cache'}", "accelerator=cpu", "devices=1", "num_nodes=1",
                  "precision=auto", "log_every_n_steps=1"]
     if raw.get("teacher"):
@@ -513,4 +621,9 @@ def test_recipe_runs_two_tiny_steps(recipe, images, tmp_path, teacher_files):
     assert (out / "final" / "student.pt").is_file()
     if config.teacher:
         assert int(ckpt["state_dict"]["distill.bank.filled"]) > 0
+    if config.contrastive == "moco":
+        assert int(ckpt["state_dict"]["moco.queue.filled"]) == 2 * 4
+        assert any(k.startswith("key_encoder.") for k in ckpt["state_dict"])
+        student = torch.load(out / "final" / "student.pt")["state_dict"]
+        assert not any("key_encoder" in k for k in student) and "projector.weight" in student
     shutil.rmtree(out, ignore_errors=True)

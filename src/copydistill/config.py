@@ -21,6 +21,7 @@ class TrainConfig:
     val_resize: str = "square:288"  # §1.5: validation at a 288x288 square resize
     image_size: int = 224
     augmentations: str = "ADVANCED"  # SIMCLR | STRONG_BLUR | ADVANCED
+    crop_scale_min: float = 0.08  # smallest crop area fraction (§1.3: 0.08)
     mixup: bool = False
     batch_size: int = 256  # images per process per step (2 views each)
     workers: int = 4
@@ -30,16 +31,25 @@ class TrainConfig:
     kd_dim: int | None = None  # compact mode: distilled feature width (§3.1)
     gem_p: float = 3.0
     # contrastive loss
-    infonce_temperature: float = 0.05
+    contrastive: str = "sscd"  # sscd: in-batch InfoNCE (§1.2) | moco: MoCo queue + hard negatives (§3.3)
+    infonce_temperature: float = 0.05  # sscd only (so are infonce_weight, entropy_weight, directclr_*)
     infonce_weight: float = 1.0  # 0 with a teacher: distillation alone
     entropy_weight: float = 30.0
     directclr_dim: int = 0  # >0 enables DirectCLR on the first N coordinates (§2.6)
     directclr_weight: float = 1.0
-    # distillation (§2.4)
-    teacher: str | None = None  # model spec; None trains the SSCD baseline
+    moco_weight: float = 1.0  # λ_moco, scales L_moco + λ_hn·L_hn (§3.5)
+    moco_temperature: float = 0.07
+    moco_momentum: float = 0.99  # key encoder EMA m
+    moco_queue_size: int = 65_536
+    hn_weight: float = 5.0  # λ_hn; 0 = plain MoCo
+    # distillation (§2.4; RDCD's relational KL, §3.4)
+    teacher: str | None = None  # model spec; None trains without distillation
     kd_weight: float = 0.1
     kd_teacher_temperature: float = 0.05
     kd_student_temperature: float = 0.05
+    kd_objective: str = "cross_entropy"  # cross_entropy (thesis, §2.4) | kl (RDCD, §3.4)
+    kd_prepend_current: bool = True  # bank = [current keys ; queue] (§2.4) or the queue alone (§3.4)
+    kd_views: str = "both"  # views the teacher sees: both (§2.4) | query (view0 only, RDCD §3.2)
     bank_size: int = 65_536
     cached_views: int = 0  # >0: precompute this many views per image (and their teacher keys)
     cache_dir: str | None = None
@@ -68,11 +78,40 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         if self.augmentations not in ("SIMCLR", "STRONG_BLUR", "ADVANCED"):
             raise CopydistillError(f"augmentations={self.augmentations!r}; use SIMCLR, STRONG_BLUR or ADVANCED")
+        if not 0.0 < self.crop_scale_min <= 1.0:
+            raise CopydistillError(f"crop_scale_min={self.crop_scale_min} must be in (0, 1]")
         if self.optimizer not in ("lars", "sgd", "adamw"):
             raise CopydistillError(f"optimizer={self.optimizer!r}; use lars, sgd or adamw")
         if self.batch_size < 2:
             raise CopydistillError("batch_size must be >= 2 (InfoNCE needs negatives)")
+        choices = {"contrastive": ("sscd", "moco"), "kd_objective": ("cross_entropy", "kl"),
+                   "kd_views": ("both", "query")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise CopydistillError(f"{name}={getattr(self, name)!r}; use {' or '.join(allowed)}")
+        if self.contrastive == "moco":
+            self._validate_moco()
         return self
+
+    def _validate_moco(self) -> None:
+        """MoCo settings (§3.3, §3.5); the sscd-only options must be off."""
+        if not 0.0 <= self.moco_momentum < 1.0:
+            raise CopydistillError(f"moco_momentum={self.moco_momentum} must be in [0, 1)")
+        if self.moco_temperature <= 0:
+            raise CopydistillError(f"moco_temperature={self.moco_temperature} must be > 0")
+        if self.moco_queue_size < 1:
+            raise CopydistillError(f"moco_queue_size={self.moco_queue_size} must be >= 1")
+        if self.hn_weight < 0:
+            raise CopydistillError(f"hn_weight={self.hn_weight} must be >= 0")
+        if self.mixup:
+            raise CopydistillError("contrastive=moco has no mixup (RDCD trains without it, §3.5): set mixup=false")
+        if self.directclr_dim:
+            raise CopydistillError("DirectCLR is an InfoNCE variant of contrastive=sscd: set directclr_dim=0 with moco")
+        if self.teacher is not None and self.kd_dim is None:
+            raise CopydistillError(
+                "contrastive=moco with a teacher distils a compact student (§3.1): set kd_dim to the "
+                "teacher's width (512 for SSCD ResNet-50) and dims to the descriptor size (64/128/256)"
+            )
 
 
 def _coerce(name: str, value, annotation: str):

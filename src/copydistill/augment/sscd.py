@@ -128,10 +128,13 @@ class SSCDAugment:
 
     setting: str = "ADVANCED"
     size: int = 224
+    crop_scale_min: float = 0.08  # RandomResizedCrop's smallest area fraction (§1.3: 0.08)
 
     def __post_init__(self):
         if self.setting not in SETTINGS:
             raise ValueError(f"augmentation setting {self.setting!r}; choose from {', '.join(SETTINGS)}")
+        if not 0.0 < self.crop_scale_min <= 1.0:
+            raise ValueError(f"crop_scale_min={self.crop_scale_min} must be in (0, 1]")
         if self.setting == "ADVANCED":
             augly_compat.install()
 
@@ -148,9 +151,9 @@ class SSCDAugment:
                 img = _overlay_emoji(img, rng)
             if rng.random() < 0.05:
                 img = img.rotate(rng.randint(0, 359), resample=Image.BILINEAR)
-            img = _random_resized_crop(img, self.size, rng)
+            img = _random_resized_crop(img, self.size, rng, scale=(self.crop_scale_min, 1.0))
         else:
-            img = _random_resized_crop(img, self.size, rng)
+            img = _random_resized_crop(img, self.size, rng, scale=(self.crop_scale_min, 1.0))
             if rng.random() < 0.5:
                 img = img.transpose(Image.FLIP_LEFT_RIGHT)
         if rng.random() < 0.8:

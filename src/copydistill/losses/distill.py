@@ -1,9 +1,10 @@
-"""The dynamic memory bank and similarity distillation (method.md §2.4, with the fixes of §2.8).
+"""The dynamic memory bank and similarity distillation (method.md §2.4 with the fixes of §2.8, and
+RDCD's relational KL, §3.4).
 
 Teacher keys are L2-normalised and come from a frozen eval-mode teacher; the bank is a FIFO of
-any size K fed by keys gathered from all ranks (no divisibility assumption, §2.8 bug 6); the
-current global batch's keys are prepended to the queue ("dynamic"). The loss is the soft-target
-cross-entropy between teacher and student similarity distributions over that bank.
+any size K fed by keys gathered from all ranks (no divisibility assumption, §2.8 bug 6). The
+thesis prepends the current global batch's keys to the queue ("dynamic") and uses the soft-target
+cross-entropy; RDCD's most probable form (§3.4) uses the queue alone and KL(p_t ‖ p_s).
 """
 
 from __future__ import annotations
@@ -56,22 +57,36 @@ class MemoryBank(nn.Module):
         return torch.roll(self.queue, shifts=-int(self.pointer), dims=0)
 
 
-class SimilarityDistillation(nn.Module):
-    """L = mean_i Σ_j −softmax(t_i·A/τ_t)_j · log softmax(s_i·A/τ_s)_j over A = [keys_glob ; queue].
+OBJECTIVES = ("cross_entropy", "kl")
 
-    Equals KL(p_t ‖ p_s) plus the teacher entropy (constant for the student). The seed's weight is
-    0.1 (its ``/10`` scale) and τ_t = τ_s = 0.05 (§2.4, §2.7).
+
+class SimilarityDistillation(nn.Module):
+    """Match the student's similarity distribution over a bank A of teacher keys to the teacher's:
+
+        p_t = softmax(t_i·A/τ_t),  p_s = softmax(s_i·A/τ_s)
+        cross_entropy: L = mean_i Σ_j −p_t,j · log p_s,j     (thesis, §2.4: τ 0.05, weight 0.1)
+        kl:            L = mean_i KL(p_t ‖ p_s)               (RDCD "KLD", §3.4: τ 0.04, weight 1)
+
+    The two differ by the teacher entropy, a constant for the student (same gradients).
+    ``prepend_current``: A = [keys of this global batch ; queue] (thesis) or A = queue (§3.4).
     """
 
     def __init__(self, bank: MemoryBank, teacher_temperature: float = 0.05,
-                 student_temperature: float = 0.05):
+                 student_temperature: float = 0.05, *, prepend_current: bool = True,
+                 objective: str = "cross_entropy"):
         super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"distillation objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
+        if teacher_temperature <= 0 or student_temperature <= 0:
+            raise ValueError("distillation temperatures must be > 0")
         self.bank = bank
         self.teacher_temperature = teacher_temperature
         self.student_temperature = student_temperature
+        self.prepend_current = prepend_current
+        self.objective = objective
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, enqueue: bool = True) -> tuple[torch.Tensor, dict]:
-        """``student`` (n, d) L2 features with grad; ``teacher`` (n, d) L2 keys, no grad."""
+        """``student`` (n, d) L2 features with grad; ``teacher`` (n, d) keys, no grad."""
         if student.shape[1] != teacher.shape[1] or teacher.shape[1] != self.bank.queue.shape[1]:
             raise ValueError(
                 f"student feature {student.shape[1]}-d, teacher {teacher.shape[1]}-d and bank "
@@ -79,11 +94,15 @@ class SimilarityDistillation(nn.Module):
             )
         teacher = F.normalize(teacher.detach().float(), dim=1)
         keys = gather(teacher)
-        bank = torch.cat([keys, self.bank.queue.clone()]).detach()
-        p_teacher = F.softmax(teacher @ bank.T / self.teacher_temperature, dim=1)
-        log_p_student = F.log_softmax(student.float() @ bank.T / self.student_temperature, dim=1)
-        cross_entropy = -(p_teacher * log_p_student).sum(1).mean()
-        teacher_entropy = -(p_teacher * torch.log(p_teacher.clamp(min=1e-12))).sum(1).mean()
+        queue = self.bank.queue.clone()
+        bank = (torch.cat([keys, queue]) if self.prepend_current else queue).detach()
+        with torch.autocast(student.device.type, enabled=False):  # fp32 logits: τ ≤ 0.05 under bf16
+            log_p_teacher = F.log_softmax(teacher @ bank.T / self.teacher_temperature, dim=1)
+            log_p_student = F.log_softmax(student.float() @ bank.T / self.student_temperature, dim=1)
+            p_teacher = log_p_teacher.exp()
+            cross_entropy = -(p_teacher * log_p_student).sum(1).mean()
+            kl = (p_teacher * (log_p_teacher - log_p_student)).sum(1).mean()
         if enqueue:
             self.bank.enqueue(keys)
-        return cross_entropy, {"kd_ce": cross_entropy.detach(), "kd_kl": (cross_entropy - teacher_entropy).detach()}
+        loss = kl if self.objective == "kl" else cross_entropy
+        return loss, {"kd_ce": cross_entropy.detach(), "kd_kl": kl.detach()}

@@ -101,7 +101,7 @@ def _views_key(paths: list[Path], augment: SSCDAugment, copies: int, seed: int) 
     for p in paths:
         stat = p.stat()
         digest.update(f"{p}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    digest.update(f"{augment.setting}|{augment.size}|{copies}|{seed}".encode())
+    digest.update(f"{augment.setting}|{augment.size}|{augment.crop_scale_min}|{copies}|{seed}".encode())
     return digest.hexdigest()[:16]
 
 

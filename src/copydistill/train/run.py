@@ -158,7 +158,7 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
     if not config.train_images:
         raise CopydistillError("train_images is not set: pass train_images=FOLDER")
     teacher, teacher_descriptor = load_teacher(config.teacher)
-    augment = SSCDAugment(config.augmentations, config.image_size)
+    augment = SSCDAugment(config.augmentations, config.image_size, config.crop_scale_min)
     if config.cached_views:
         dataset = build_view_cache(config.train_images, augment, config.cached_views, teacher_descriptor,
                                    config.cache_dir or out / "cache", config.seed, progress=progress)
