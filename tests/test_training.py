@@ -247,6 +247,16 @@ def test_module_teacher_keys_are_normalised_and_enqueued_for_the_views_it_sees()
     assert torch.allclose(module3.distill.bank.ordered()[-8:], F.normalize(flat, dim=1), atol=1e-6)
 
 
+def test_student_size_resizes_the_students_views_but_not_the_teachers():
+    module, teacher = _module(mixup=False, student_size=16)
+    student_shapes, teacher_shapes = [], []
+    module.student.trunk.register_forward_pre_hook(lambda m, args: student_shapes.append(args[0].shape))
+    original = module.teacher_keys
+    module.teacher_keys = lambda pixels: (teacher_shapes.append(pixels.shape), original(pixels))[1]
+    module.training_step(_batch(0), 0)
+    assert student_shapes == [(8, 3, 16, 16)] and teacher_shapes == [(8, 3, 32, 32)]
+
+
 def test_module_rejects_teacher_dims_mismatch():
     from copydistill.train.module import CopyDetectionModule
 
@@ -512,6 +522,40 @@ def test_exact_resume_matches_an_uninterrupted_run(trained, images, tmp_path, mo
     assert ca["lr_schedulers"][0]["_last_lr"] == pytest.approx(cb["lr_schedulers"][0]["_last_lr"])
 
 
+def test_exact_resume_after_a_kill_mid_epoch(trained, images, tmp_path, monkeypatch):
+    """Run B checkpoints every step and is killed in the middle of epoch 2 (after its 5th step,
+    so last.ckpt holds step 4); resumed, it trains exactly the batches it had not seen and ends
+    equal to the uninterrupted run A."""
+    from lightning.pytorch.callbacks import Callback
+
+    import copydistill.train.run as run
+
+    class Killed(RuntimeError):
+        pass
+
+    class KillAtStep5(Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 5:
+                raise Killed
+
+    b = tmp_path / "B"
+    config = _config(images, b, "epochs=2", "export=[]", "checkpoint_every_n_steps=1")
+    original = run.build_trainer
+    with monkeypatch.context() as patch:
+        patch.setattr(run, "build_trainer",
+                      lambda c, callbacks, progress=True: original(c, callbacks + [KillAtStep5()], progress))
+        with pytest.raises(Killed):
+            run.train(config, progress=False)
+    saved = torch.load(b / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 4 and saved["epoch"] == 1
+    with monkeypatch.context() as patch:
+        seen = _record_items(patch)
+        run.train(config, progress=False)
+    batch = 4
+    assert [i for _, i in seen] == _epoch_order(1)[batch:]  # the rest of epoch 2, nothing twice
+    assert _compare_runs(trained, b) == []
+
+
 def test_exact_resume_with_mixup(images, tmp_path, monkeypatch):
     import copydistill.train.module as module_mod
     from copydistill.augment.mixup import ContrastiveMixup
@@ -558,6 +602,33 @@ def test_advanced_augmentation_survives_glyph_errors():
 
     view = SSCDAugment("ADVANCED", 32)(procedural_image(1, long_side=(64, 96)), view_rng(0, 1, 1, 1))
     assert view.shape == (3, 32, 32) and view.dtype == torch.uint8
+
+
+def test_crop_scale_min_bounds_the_crop_area_and_is_checked(monkeypatch):
+    """``crop_scale_min`` is RandomResizedCrop's smallest area fraction (§1.3's 0.08 by default)."""
+    import random
+
+    from PIL import Image
+
+    from copydistill.augment.sscd import SSCDAugment, _random_resized_crop
+
+    boxes = []
+    resize = Image.Image.resize
+
+    def recording_resize(self, size, *args, box=None, **kwargs):
+        boxes.append(box)
+        return resize(self, size, *args, box=box, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", recording_resize)
+    image = Image.new("RGB", (200, 100))
+    for seed in range(200):
+        _random_resized_crop(image, 16, random.Random(seed), scale=(0.5, 1.0))
+    areas = [(x1 - x0) * (y1 - y0) / (200 * 100) for x0, y0, x1, y1 in boxes]
+    assert len(areas) == 200 and min(areas) >= 0.5 - 0.02 and max(areas) <= 1.0
+    with pytest.raises(ValueError, match="crop_scale_min"):
+        SSCDAugment("SIMCLR", 32, crop_scale_min=0.0)
+    with pytest.raises(CopydistillError, match="crop_scale_min"):
+        load_config(None, ["crop_scale_min=1.5"]).validate()
 
 
 # --------------------------------------------------------------------------------------------
@@ -608,7 +679,7 @@ def test_recipe_runs_two_tiny_steps(recipe, images, tmp_path, teacher_files):
     raw = yaml.safe_load(recipe.read_text()) or {}
     overrides = [f"train_images={images}", f"out_dir={tmp_path / 'run'}", "image_size=32", "batch_size=4",
                  "epochs=1", "max_steps=2", "workers=0", "export=[]", "bank_size=64", "moco_queue_size=64",
-                 "val_data=null",
+                 "val_data=null", *(["student_size=24"] if raw.get("student_size") else []),
                  f"cache_dir={tmp_path / 'cache'}", "accelerator=cpu", "devices=1", "num_nodes=1",
                  "precision=auto", "log_every_n_steps=1"]
     if raw.get("teacher"):

@@ -22,6 +22,8 @@ class TrainConfig:
     image_size: int = 224
     augmentations: str = "ADVANCED"  # SIMCLR | STRONG_BLUR | ADVANCED
     crop_scale_min: float = 0.08  # smallest crop area fraction (§1.3: 0.08)
+    student_size: int | None = None  # the student sees views resized to this (None: image_size);
+    # views are made, cached and shown to the teacher at image_size
     mixup: bool = False
     batch_size: int = 256  # images per process per step (2 views each)
     workers: int = 4
@@ -72,6 +74,7 @@ class TrainConfig:
     seed: int = 0
     out_dir: str = "runs/train"
     val_every_n_epochs: int = 1
+    checkpoint_every_n_steps: int = 0  # >0: also checkpoint mid-epoch (last.ckpt), for exact resume after a kill
     log_every_n_steps: int = 10
     export: list[str] = field(default_factory=lambda: ["torchscript", "onnx"])
 
@@ -80,6 +83,8 @@ class TrainConfig:
             raise CopydistillError(f"augmentations={self.augmentations!r}; use SIMCLR, STRONG_BLUR or ADVANCED")
         if not 0.0 < self.crop_scale_min <= 1.0:
             raise CopydistillError(f"crop_scale_min={self.crop_scale_min} must be in (0, 1]")
+        if self.student_size is not None and self.student_size < 16:
+            raise CopydistillError(f"student_size={self.student_size} must be >= 16 (or null)")
         if self.optimizer not in ("lars", "sgd", "adamw"):
             raise CopydistillError(f"optimizer={self.optimizer!r}; use lars, sgd or adamw")
         if self.batch_size < 2:

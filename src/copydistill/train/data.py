@@ -26,15 +26,22 @@ class EpochSampler(Sampler):
     """Yields (epoch, index) pairs: a seeded permutation per epoch, sharded across ranks.
 
     Lightning calls ``set_epoch`` at every epoch start. Each rank gets the same number of items
-    (drop-last), so DDP steps stay in lock-step.
+    (drop-last), so DDP steps stay in lock-step. ``resume_from`` makes iterations of one epoch
+    start after the items already trained on (mid-epoch resume, see ``train.run.ViewsData``).
     """
 
     def __init__(self, size: int, seed: int = 0, rank: int = 0, world: int = 1, shuffle: bool = True):
         self.size, self.seed, self.rank, self.world, self.shuffle = size, seed, rank, world, shuffle
         self.epoch = 0
+        self._resume: tuple[int, int] | None = None  # (epoch, items to skip in it)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        if self._resume is not None and self._resume[0] != epoch and epoch > self._resume[0]:
+            self._resume = None  # the resumed epoch is over
+
+    def resume_from(self, epoch: int, items: int) -> None:
+        self._resume = (epoch, items) if items > 0 else None
 
     def __len__(self) -> int:
         return self.size // self.world
@@ -44,6 +51,8 @@ class EpochSampler(Sampler):
                  if self.shuffle else np.arange(self.size))
         per_rank = self.size // self.world
         mine = order[self.rank * per_rank : (self.rank + 1) * per_rank]
+        if self._resume is not None and self._resume[0] == self.epoch:
+            mine = mine[self._resume[1] :]
         return iter([(self.epoch, int(i)) for i in mine])
 
 

@@ -107,7 +107,13 @@ class CopyDetectionModule(L.LightningModule):
         return loss
 
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised student inputs; resized to ``student_size`` when the views (which the
+        teacher sees) are made at another size."""
         inputs = self.pixels(x.permute(0, 2, 3, 1))
+        size = self.config.student_size
+        if size and size != inputs.shape[-1]:
+            inputs = nn.functional.interpolate(inputs, size=(size, size), mode="bilinear",
+                                               antialias=True, align_corners=False)
         if self.config.channels_last and inputs.is_cuda:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         return inputs

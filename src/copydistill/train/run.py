@@ -20,16 +20,33 @@ from copydistill.io.atomic import atomic_write, atomic_write_text
 from copydistill.models.backbones import PixelModel
 from copydistill.models.descriptor import Descriptor, ResizePolicy
 from copydistill.models.torch_descriptor import TorchDescriptor
-from copydistill.train.data import CachedTeacherViews, EpochSampler, TwoViewImages, build_view_cache, collate
+from copydistill.train.data import (
+    CachedTeacherViews,
+    EpochSampler,
+    TwoViewImages,
+    build_view_cache,
+    collate,
+)
 from copydistill.train.module import CopyDetectionModule
 
 STUDENT_FILE = "student.pt"
 
 
 class ViewsData(L.LightningDataModule):
+    """The training loader, and its position in the epoch as checkpoint state.
+
+    Lightning saves ``state_dict`` in every checkpoint and calls ``load_state_dict`` on resume,
+    so a run killed mid-epoch continues with exactly the batches it had not trained on. (The
+    position is the loop's count of processed batches, not the loader's: Lightning fetches one
+    batch ahead. Loader-level state would be restored too late here, because the schedule asks
+    for the loader's length before the checkpoint is loaded.)
+    """
+
     def __init__(self, dataset, config: TrainConfig):
         super().__init__()
         self.dataset, self.config = dataset, config
+        self.samplers: list[EpochSampler] = []
+        self.resume: tuple[int, int] | None = None  # (epoch, batches already trained on)
 
     def train_dataloader(self) -> DataLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
@@ -37,10 +54,30 @@ class ViewsData(L.LightningDataModule):
         if batch < 2:
             raise CopydistillError(f"{len(self.dataset)} training images are too few for {world} process(es)")
         sampler = EpochSampler(len(self.dataset), self.config.seed, rank, world)
+        self.samplers.append(sampler)
+        self._apply_resume()
         workers = self.config.workers if not isinstance(self.dataset, CachedTeacherViews) else 0
         return DataLoader(self.dataset, batch_size=batch, sampler=sampler, num_workers=workers,
                           collate_fn=collate, drop_last=True, persistent_workers=False,
                           pin_memory=torch.cuda.is_available())
+
+    def state_dict(self) -> dict:
+        if self.trainer is None:
+            return {}
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        done = progress.processed if progress.processed < self.trainer.num_training_batches else 0
+        return {"epoch": self.trainer.current_epoch, "batches": int(done)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.resume = (int(state["epoch"]), int(state["batches"]))
+            self._apply_resume()
+
+    def _apply_resume(self) -> None:
+        if self.resume is not None:
+            batch = min(self.config.batch_size, len(self.dataset) // max(1, self.trainer.world_size if self.trainer else 1))
+            for sampler in self.samplers:
+                sampler.resume_from(self.resume[0], self.resume[1] * batch)
 
 
 def student_descriptor(module: CopyDetectionModule, resize: str, name: str = "student") -> TorchDescriptor:
@@ -165,16 +202,18 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
     else:
         dataset = TwoViewImages(config.train_images, augment, config.seed)
     module = CopyDetectionModule(config, teacher, teacher_descriptor.dims if teacher_descriptor else None)
+    last = out / "checkpoints" / "last.ckpt"
+    ckpt = resume or (str(last) if last.is_file() else None)
     callbacks: list[Callback] = [
-        ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1),
+        ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,  # last.ckpt
+                        **({"every_n_train_steps": config.checkpoint_every_n_steps}
+                           if config.checkpoint_every_n_steps else {"every_n_epochs": 1})),
         LearningRateMonitor(logging_interval="step"),
         ExportStudent(out, config.export),
     ]
     if config.val_data:
         callbacks.insert(0, DiscValidation(config.val_data, config.val_resize, config.val_every_n_epochs, out))
     trainer = build_trainer(config, callbacks, progress)
-    last = out / "checkpoints" / "last.ckpt"
-    ckpt = resume or (str(last) if last.is_file() else None)
     trainer.fit(module, datamodule=ViewsData(dataset, config), ckpt_path=ckpt)
     return out
 
