@@ -83,7 +83,8 @@ def run_quickstart(out: str | Path, size: str = "small", seed: int = 0, recipe: 
         f"kNN k = 10. Teacher <code>{config.teacher}</code> at short side 288 (SSCD's protocol); "
         f"students <code>{config.arch}</code> ({config.dims}-d) at <code>{config.val_resize}</code>. "
         f"Students trained {config.epochs} epochs on the benchmark's train split only "
-        f"({config.cached_views} cached {config.image_size}px ADVANCED views per image), the KD "
+        f"({config.cached_views} cached {config.image_size}px ADVANCED views per image, seen by the "
+        f"student at {config.student_size or config.image_size}px), the KD "
         f"student with memory-bank similarity distillation (weight {config.kd_weight}, bank "
         f"{config.bank_size}) + InfoNCE/KoLeo, the SSCD-only student with InfoNCE/KoLeo alone.</p>"
     )
