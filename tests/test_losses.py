@@ -497,15 +497,18 @@ def test_moco_gradients_reach_queries_only_and_queue_snapshot_is_safe():
     assert torch.equal(queue.queue, before) and int(queue.pointer) == 4
 
 
-def test_moco_and_relational_kl_stay_float32_under_bf16_autocast():
+def test_contrastive_and_distillation_losses_stay_float32_under_bf16_autocast():
     q, k = _unit(4, 8, 5).float(), _unit(4, 8, 6).float()
     student, teacher = _unit(4, 8, 7).float(), _unit(4, 8, 8).float()
+
+    ids = torch.tensor([0, 1, 0, 1])
 
     def losses():
         moco, _ = MoCoHardNegative(MemoryBank(8, 16, seed=0), 0.07, 5.0)(q, k)
         kld, _ = SimilarityDistillation(MemoryBank(8, 16, seed=1), 0.04, 0.04, prepend_current=False,
                                         objective="kl")(student, teacher)
-        return moco, kld
+        nce, _ = InfoNCEEntropy(0.05, 30.0)(q, match_matrix(ids))  # SSCD's InfoNCE + KoLeo too
+        return moco, kld, nce
 
     reference = losses()
     with torch.autocast("cpu", dtype=torch.bfloat16):

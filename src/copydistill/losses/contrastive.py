@@ -32,8 +32,10 @@ class InfoNCEEntropy(nn.Module):
         """``embeddings`` (n, d) L2-normalised local rows; ``match`` (n, N_glob) same-instance mask."""
         rank, _ = world()
         n = embeddings.shape[0]
+        embeddings = embeddings.to(torch.promote_types(embeddings.dtype, torch.float32))  # bf16 -> fp32
         everything = gather_with_grad(embeddings)
-        sims = embeddings @ everything.T
+        with torch.autocast(embeddings.device.type, enabled=False):  # fp32 logits: bf16 is too coarse at τ 0.05
+            sims = embeddings @ everything.T
         identity = torch.zeros_like(match)
         identity[torch.arange(n), rank * n + torch.arange(n)] = True
         negatives = ~match
