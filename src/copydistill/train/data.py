@@ -37,7 +37,7 @@ class EpochSampler(Sampler):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        if self._resume is not None and self._resume[0] != epoch and epoch > self._resume[0]:
+        if self._resume is not None and epoch > self._resume[0]:
             self._resume = None  # the resumed epoch is over
 
     def resume_from(self, epoch: int, items: int) -> None:

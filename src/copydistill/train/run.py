@@ -45,7 +45,7 @@ class ViewsData(L.LightningDataModule):
     def __init__(self, dataset, config: TrainConfig):
         super().__init__()
         self.dataset, self.config = dataset, config
-        self.samplers: list[EpochSampler] = []
+        self.loader: DataLoader | None = None
         self.resume: tuple[int, int] | None = None  # (epoch, batches already trained on)
 
     def train_dataloader(self) -> DataLoader:
@@ -54,12 +54,12 @@ class ViewsData(L.LightningDataModule):
         if batch < 2:
             raise CopydistillError(f"{len(self.dataset)} training images are too few for {world} process(es)")
         sampler = EpochSampler(len(self.dataset), self.config.seed, rank, world)
-        self.samplers.append(sampler)
-        self._apply_resume()
         workers = self.config.workers if not isinstance(self.dataset, CachedTeacherViews) else 0
-        return DataLoader(self.dataset, batch_size=batch, sampler=sampler, num_workers=workers,
-                          collate_fn=collate, drop_last=True, persistent_workers=False,
-                          pin_memory=torch.cuda.is_available())
+        self.loader = DataLoader(self.dataset, batch_size=batch, sampler=sampler, num_workers=workers,
+                                 collate_fn=collate, drop_last=True, persistent_workers=False,
+                                 pin_memory=torch.cuda.is_available())
+        self._apply_resume()
+        return self.loader
 
     def state_dict(self) -> dict:
         if self.trainer is None:
@@ -74,10 +74,10 @@ class ViewsData(L.LightningDataModule):
             self._apply_resume()
 
     def _apply_resume(self) -> None:
-        if self.resume is not None:
-            batch = min(self.config.batch_size, len(self.dataset) // max(1, self.trainer.world_size if self.trainer else 1))
-            for sampler in self.samplers:
-                sampler.resume_from(self.resume[0], self.resume[1] * batch)
+        """The checkpoint may be loaded before or after Lightning asks for the loader."""
+        if self.resume is not None and self.loader is not None:
+            epoch, batches = self.resume
+            self.loader.sampler.resume_from(epoch, batches * self.loader.batch_size)
 
 
 def student_descriptor(module: CopyDetectionModule, resize: str, name: str = "student") -> TorchDescriptor:
