@@ -5,15 +5,10 @@ export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-/tmp/out}
 nvidia-smi --query-gpu=name,memory.total --format=csv
 python3 benchmarks/gpu_train_step.py --students resnet18 mobilenet_v3_large efficientnet_b0 --batch 256 --steps 10 --out $OUT/gpu_train_step.json 2>&1 | grep -v Warning
+python3 scripts/synthetic_images.py /tmp/gpu_train --count 2048 --size 320x240 --prefix T
 python3 - <<'PY'
-import numpy as np, torch, os
-from PIL import Image
+import torch
 from copydistill.models.teachers import SSCDResNet50
-os.makedirs("/tmp/gpu_train", exist_ok=True)
-rng = np.random.default_rng(0)
-for i in range(2048):
-    a = rng.integers(0, 256, (9, 12, 3), dtype=np.uint8)
-    Image.fromarray(a).resize((320, 240), Image.BICUBIC).save(f"/tmp/gpu_train/T{i:06d}.jpg", quality=90)
 torch.manual_seed(0)
 torch.save(SSCDResNet50().state_dict(), "/tmp/sscd_random.torchvision.pt")
 PY

@@ -5,15 +5,7 @@ set -uo pipefail
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-/tmp/out}
 nvidia-smi --query-gpu=name,memory.total --format=csv
-python3 - <<'PY'
-import os, numpy as np
-from PIL import Image
-os.makedirs("/tmp/emb_images", exist_ok=True)
-rng = np.random.default_rng(0)
-for i in range(2000):
-    a = rng.integers(0, 256, (9, 12, 3), dtype=np.uint8)
-    Image.fromarray(a).resize((384, 288), Image.BICUBIC).save(f"/tmp/emb_images/Q{i:06d}.jpg", quality=90)
-PY
+python3 scripts/synthetic_images.py /tmp/emb_images --count 2000 --size 384x288 --prefix Q
 for mode in cpu gpu; do
   start=$(date +%s.%N)
   if [ $mode = cpu ]; then
