@@ -10,7 +10,8 @@ def tiny_benchmark(tmp_path_factory):
     """The tiny embedded benchmark, built once per test session."""
     from copydistill.data.benchmark import make_benchmark
 
-    return make_benchmark(tmp_path_factory.mktemp("bench") / "tiny", "tiny", seed=0, progress=False)
+    return make_benchmark(tmp_path_factory.mktemp("bench") / "tiny", "tiny", seed=0,
+                          source="procedural", progress=False)
 
 
 @pytest.fixture

@@ -62,9 +62,9 @@ def test_matched_query_source_is_its_reference(tiny_benchmark):
 
 
 def test_same_seed_same_benchmark(tmp_path, tiny_benchmark):
-    again = make_benchmark(tmp_path / "again", "tiny", seed=0, workers=1, progress=False)
+    again = make_benchmark(tmp_path / "again", "tiny", seed=0, source="procedural", workers=1, progress=False)
     assert _digest(again) == _digest(tiny_benchmark)
-    other = make_benchmark(tmp_path / "other", "tiny", seed=1, workers=1, progress=False)
+    other = make_benchmark(tmp_path / "other", "tiny", seed=1, source="procedural", workers=1, progress=False)
     assert _digest(other) != _digest(tiny_benchmark)
 
 

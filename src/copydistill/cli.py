@@ -51,9 +51,17 @@ def _parser() -> argparse.ArgumentParser:
     mb.add_argument("--out", type=Path, required=True)
     mb.add_argument("--photos", type=Path, action="append", default=[],
                     help="extra folder of your own photos (repeatable)")
-    mb.add_argument("--debian-photos", action="store_true",
-                    help="add Debian wallpaper photos (apt-get download, cached on first use)")
+    mb.add_argument("--source", choices=("auto", "real", "procedural"), default="auto",
+                    help="real: references/queries from the curated photos (`data photos`); "
+                         "procedural: synthetic scenes (tests); auto: real when cached")
     mb.add_argument("--workers", type=int, default=None)
+
+    ph = data.add_parser("photos", help="fetch and curate the real photos available offline (cached)")
+    ph.add_argument("--out", type=Path, default=None, help="cache folder (default ~/.cache/copydistill/photos)")
+    ph.add_argument("--photos", type=Path, action="append", default=[],
+                    help="also curate a folder of your own photos (repeatable)")
+    ph.add_argument("--no-debian", action="store_true", help="skip the Debian packages (no apt-get)")
+    ph.add_argument("--refresh", action="store_true", help="fetch and curate again")
 
     emb = sub.add_parser("embed", help="embed a folder of images (resumable)")
     _add_model_options(emb)
@@ -129,10 +137,21 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_make_benchmark(args) -> None:
     from copydistill.data.benchmark import make_benchmark
 
-    out = make_benchmark(args.out, args.size, args.seed, args.photos, args.debian_photos, args.workers)
+    out = make_benchmark(args.out, args.size, args.seed, args.photos, args.source, workers=args.workers)
     meta = json.loads((out / "benchmark.json").read_text())
-    print(f"benchmark {args.size} (seed {args.seed}) in {out}: {meta['references']} references, "
+    print(f"benchmark {args.size} ({meta['source']} photos, seed {args.seed}) in {out}: {meta['references']} references, "
           f"{meta['queries']} queries ({meta['matched_queries']} with a match), {meta['train']} train")
+
+
+def _cmd_photos(args) -> None:
+    from copydistill.data.photos import PhotoLibrary, default_library
+
+    library = PhotoLibrary(args.out) if args.out else default_library()
+    library.build(debian=not args.no_debian, user_folders=args.photos, refresh=args.refresh)
+    print(library.summary())
+    if len(library.photos("photo")) == 0:
+        print("no real photos: benchmarks fall back to procedural scenes (apt-get is needed for "
+              "the Debian packages)")
 
 
 def _load(args, spec: str):
@@ -256,6 +275,7 @@ def _cmd_quickstart(args) -> None:
 
 COMMANDS = {
     ("data", "make-benchmark"): _cmd_make_benchmark,
+    ("data", "photos"): _cmd_photos,
     ("embed", None): _cmd_embed,
     ("eval", "disc"): _cmd_eval_disc,
     ("eval", "copydays"): _cmd_eval_copydays,

@@ -52,6 +52,8 @@ class TrainConfig:
     kd_objective: str = "cross_entropy"  # cross_entropy (thesis, §2.4) | kl (RDCD, §3.4)
     kd_prepend_current: bool = True  # bank = [current keys ; queue] (§2.4) or the queue alone (§3.4)
     kd_views: str = "both"  # views the teacher sees: both (§2.4) | query (view0 only, RDCD §3.2)
+    kd_target: str = "view"  # view: the teacher embeds each view (§2.4) | clean: it embeds each
+    # unedited image once, and both views are distilled towards that key (docs/training.md)
     bank_size: int = 65_536
     cached_views: int = 0  # >0: precompute this many views per image (and their teacher keys)
     cache_dir: str | None = None
@@ -90,7 +92,7 @@ class TrainConfig:
         if self.batch_size < 2:
             raise CopydistillError("batch_size must be >= 2 (InfoNCE needs negatives)")
         choices = {"contrastive": ("sscd", "moco"), "kd_objective": ("cross_entropy", "kl"),
-                   "kd_views": ("both", "query")}
+                   "kd_views": ("both", "query"), "kd_target": ("view", "clean")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise CopydistillError(f"{name}={getattr(self, name)!r}; use {' or '.join(allowed)}")

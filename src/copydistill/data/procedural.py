@@ -8,7 +8,7 @@ that share a style, as real photos do.
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 from copydistill.augment.augly_compat import font_paths
 
@@ -159,3 +159,43 @@ def procedural_image(
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
     grain = rng.normal(0, rng.uniform(1, 6), (size[1], size[0], 1))
     return Image.fromarray(np.clip(np.asarray(image, np.float32) + grain, 0, 255).astype(np.uint8))
+
+
+def photo_composite(
+    seed: int, long_side: tuple[int, int], backgrounds: list[Image.Image], cutouts: list[Image.Image]
+) -> Image.Image:
+    """A photo-like synthetic image: a random crop of a photo or texture (flipped, recoloured)
+    with 1-4 photo cut-outs (RGBA) pasted on it, a pure function of ``seed`` and the material.
+
+    Used to stretch a few hundred photos into thousands of training images, and (from material
+    that never reaches the train split) as benchmark distractors.
+    """
+    rng = np.random.default_rng(seed)
+    size = _size(rng, long_side)
+    if backgrounds:
+        photo = backgrounds[rng.integers(len(backgrounds))]
+        pw, ph = photo.size
+        scale = rng.uniform(0.35, 1.0)
+        cw, ch = max(8, int(pw * scale)), max(8, int(ph * scale))
+        cw, ch = min(cw, pw), min(ch, ph)
+        x0, y0 = int(rng.integers(0, pw - cw + 1)), int(rng.integers(0, ph - ch + 1))
+        image = photo.crop((x0, y0, x0 + cw, y0 + ch)).convert("RGB")
+        image = ImageOps.fit(image, size, Image.BILINEAR)
+        if rng.random() < 0.5:
+            image = ImageOps.mirror(image)
+        if rng.random() < 0.3:  # a colour shift, so the composite is not its background's copy
+            shift = rng.uniform(-40, 40, 3).astype(np.float32)
+            image = Image.fromarray(np.clip(np.asarray(image, np.float32) + shift, 0, 255).astype(np.uint8))
+    else:
+        image = _landscape(rng, size)
+    for _ in range(int(rng.integers(1, 5)) if cutouts else 0):
+        cutout = cutouts[rng.integers(len(cutouts))]
+        target = rng.uniform(0.25, 0.7) * min(size)
+        s = target / max(cutout.size)
+        piece = cutout.resize((max(4, int(cutout.width * s)), max(4, int(cutout.height * s))), Image.BILINEAR)
+        if rng.random() < 0.5:
+            piece = ImageOps.mirror(piece)
+        x = int(rng.integers(-piece.width // 4, size[0] - 3 * piece.width // 4 + 1))
+        y = int(rng.integers(-piece.height // 4, size[1] - 3 * piece.height // 4 + 1))
+        image.paste(piece, (x, y), piece.getchannel("A"))
+    return image

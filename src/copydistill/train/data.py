@@ -154,6 +154,50 @@ def build_view_cache(
     return CachedTeacherViews(views, np.load(keys_path, mmap_mode="r"), seed)
 
 
+class WithImageKeys(Dataset):
+    """Adds the teacher's key of each *unedited* image to every item, for both of its views
+    (``kd_target: clean``, docs/training.md): one teacher pass per image instead of per view."""
+
+    def __init__(self, dataset: Dataset, keys: np.ndarray):
+        if len(keys) != len(dataset):
+            raise CopydistillError(f"{len(keys)} teacher keys for {len(dataset)} training images")
+        self.dataset, self.keys = dataset, keys
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        item = self.dataset[key]
+        item["teacher"] = torch.from_numpy(np.asarray(self.keys[item["index"]], np.float32)).expand(2, -1).clone()
+        return item
+
+
+def image_teacher_keys(folder: str | Path, teacher: Descriptor, cache_dir: str | Path,
+                       progress: bool = True) -> np.ndarray:
+    """The teacher's key of every unedited training image at the teacher's own resize policy
+    (``sscd-int8``: short side 288), ``(N, D)``, cached on disk by images and teacher."""
+    paths = list_images(folder)
+    digest = hashlib.sha256()
+    for p in paths:
+        stat = p.stat()
+        digest.update(f"{p}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    digest.update(json.dumps(teacher.fingerprint(), sort_keys=True).encode())
+    path = Path(cache_dir) / f"image-keys-{digest.hexdigest()[:16]}.npy"
+    if path.is_file():
+        return np.load(path)
+    keys = np.zeros((len(paths), teacher.dims), np.float32)
+    for i, p in enumerate(tqdm(paths, desc=f"teacher {teacher.name} (unedited images)", unit="img",
+                               disable=not progress)):
+        try:
+            keys[i] = teacher.embed_images([load_image(p)])[0]
+        except ImageError:
+            keys[i] = 0.0  # an unreadable image: its views are another image's (TwoViewImages.load)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "wb") as handle:
+        np.save(handle, keys)
+    return keys
+
+
 def collate(items: list[dict]) -> dict:
     out = {"views": torch.stack([i["views"] for i in items]),
            "index": torch.tensor([i["index"] for i in items])}

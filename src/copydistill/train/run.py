@@ -21,11 +21,12 @@ from copydistill.models.backbones import PixelModel
 from copydistill.models.descriptor import Descriptor, ResizePolicy
 from copydistill.models.torch_descriptor import TorchDescriptor
 from copydistill.train.data import (
-    CachedTeacherViews,
     EpochSampler,
     TwoViewImages,
+    WithImageKeys,
     build_view_cache,
     collate,
+    image_teacher_keys,
 )
 from copydistill.train.module import CopyDetectionModule
 
@@ -54,7 +55,7 @@ class ViewsData(L.LightningDataModule):
         if batch < 2:
             raise CopydistillError(f"{len(self.dataset)} training images are too few for {world} process(es)")
         sampler = EpochSampler(len(self.dataset), self.config.seed, rank, world)
-        workers = self.config.workers if not isinstance(self.dataset, CachedTeacherViews) else 0
+        workers = 0 if self.config.cached_views else self.config.workers  # a cache is in memory
         self.loader = DataLoader(self.dataset, batch_size=batch, sampler=sampler, num_workers=workers,
                                  collate_fn=collate, drop_last=True, persistent_workers=False,
                                  pin_memory=torch.cuda.is_available())
@@ -196,11 +197,16 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
         raise CopydistillError("train_images is not set: pass train_images=FOLDER")
     teacher, teacher_descriptor = load_teacher(config.teacher)
     augment = SSCDAugment(config.augmentations, config.image_size, config.crop_scale_min)
+    cache_dir = config.cache_dir or out / "cache"
+    view_teacher = teacher_descriptor if config.kd_target == "view" else None
     if config.cached_views:
-        dataset = build_view_cache(config.train_images, augment, config.cached_views, teacher_descriptor,
-                                   config.cache_dir or out / "cache", config.seed, progress=progress)
+        dataset = build_view_cache(config.train_images, augment, config.cached_views, view_teacher,
+                                   cache_dir, config.seed, progress=progress)
     else:
         dataset = TwoViewImages(config.train_images, augment, config.seed)
+    if teacher_descriptor is not None and config.kd_target == "clean":
+        dataset = WithImageKeys(dataset, image_teacher_keys(config.train_images, teacher_descriptor,
+                                                            cache_dir, progress))
     module = CopyDetectionModule(config, teacher, teacher_descriptor.dims if teacher_descriptor else None)
     last = out / "checkpoints" / "last.ckpt"
     ckpt = resume or (str(last) if last.is_file() else None)
