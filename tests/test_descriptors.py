@@ -156,6 +156,24 @@ def test_phash_inner_product_is_hamming_similarity():
     assert hashes[0] - hashes[1] < hashes[0] - hashes[2]
 
 
+def test_pdq_inner_product_is_hamming_similarity():
+    import pdqhash
+
+    a = procedural_image(11, long_side=(128, 160))
+    a_edit = a.filter(ImageFilter.GaussianBlur(1.0)).resize((a.width // 2 + 3, a.height // 2 + 1))
+    b = procedural_image(12, long_side=(128, 160))
+    descriptor = load_descriptor("pdq")
+    vectors = descriptor.embed_images([a, a_edit, b])
+    assert vectors.shape == (3, 256) and descriptor.dims == 256
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
+    bits = [pdqhash.compute(np.asarray(img))[0] for img in (a, a_edit, b)]
+    for i in range(3):
+        for j in range(3):
+            hamming = int((bits[i] != bits[j]).sum())
+            assert float(vectors[i] @ vectors[j]) == pytest.approx(1 - 2 * hamming / 256, abs=1e-6)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
+
+
 def test_phash_resize_override():
     descriptor = load_descriptor("phash", resize="square:32")
     assert str(descriptor.resize) == "square:32"

@@ -617,3 +617,17 @@ def test_mixup_generator_alone_determines_the_mix():
     b = ContrastiveMixup(mix_prob=1.0)(x, torch.Generator().manual_seed(3))
     assert torch.equal(a.targets, b.targets)
     assert torch.equal(a.images, b.images)
+
+
+def test_key_regression_is_two_minus_two_cosine_and_pulls_towards_the_key():
+    from copydistill.losses.distill import KeyRegression
+
+    keys = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+    loss, stats = KeyRegression()(keys.clone(), keys * 3.0)  # teacher keys are normalised inside
+    assert float(loss) == pytest.approx(0.0, abs=1e-6) and float(stats["kd_key_cos"]) == pytest.approx(1.0)
+    assert float(KeyRegression()(-keys, keys)[0]) == pytest.approx(4.0, abs=1e-5)
+    student = torch.nn.functional.normalize(torch.randn(6, 8), dim=1).requires_grad_()
+    before, _ = KeyRegression()(student, keys)
+    before.backward()
+    moved = torch.nn.functional.normalize(student.detach() - 0.1 * student.grad, dim=1)
+    assert float(KeyRegression()(moved, keys)[0]) < float(before)

@@ -698,3 +698,89 @@ def test_recipe_runs_two_tiny_steps(recipe, images, tmp_path, teacher_files):
         student = torch.load(out / "final" / "student.pt")["state_dict"]
         assert not any("key_encoder" in k for k in student) and "projector.weight" in student
     shutil.rmtree(out, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# kd_target: clean (the teacher embeds each unedited image once) and CPU precision
+# --------------------------------------------------------------------------------------------
+
+
+def test_clean_target_keys_are_the_unedited_images_keys(images, tmp_path):
+    from copydistill.io.images import list_images, load_image
+    from copydistill.models import load_descriptor
+    from copydistill.train.run import train
+
+    spec = "mobilenetv4_conv_small:dims=32,seed=3"
+    config = _config(images, tmp_path / "run", "epochs=1", "export=[]", f"teacher={spec}",
+                     "kd_target=clean", "cached_views=2", f"cache_dir={tmp_path / 'cache'}",
+                     "bank_size=16", "kd_weight=1.0")
+    train(config, progress=False)
+    cached = sorted((tmp_path / "cache").glob("image-keys-*.npy"))
+    assert len(cached) == 1 and not list((tmp_path / "cache").glob("teacher-*.npy"))  # no per-view keys
+    keys = np.load(cached[0])
+    teacher = load_descriptor(spec)
+    paths = list_images(images)
+    expected = teacher.embed_images([load_image(p) for p in paths[:3]])
+    assert keys.shape == (N_IMAGES, 32)
+    np.testing.assert_allclose(keys[:3], expected, atol=1e-5)
+    log = list((tmp_path / "run" / "logs").rglob("metrics.csv"))[0].read_text()
+    assert "train/kd" in log.splitlines()[0]
+
+
+def test_with_image_keys_gives_both_views_their_images_key():
+    from copydistill.errors import CopydistillError
+    from copydistill.train.data import CachedTeacherViews, WithImageKeys
+
+    views = np.zeros((3, 4, 3, 8, 8), np.uint8)
+    keys = np.arange(3 * 5, dtype=np.float32).reshape(3, 5)
+    item = WithImageKeys(CachedTeacherViews(views, None, seed=0), keys)[(0, 2)]
+    assert item["teacher"].shape == (2, 5) and torch.equal(item["teacher"][1], torch.from_numpy(keys[2]))
+    with pytest.raises(CopydistillError, match="2 teacher keys for 3"):
+        WithImageKeys(CachedTeacherViews(views, None), keys[:2])
+
+
+def test_bf16_step_loss_is_within_bf16_noise_of_fp32():
+    from copydistill.train.module import CopyDetectionModule
+
+    config = TrainConfig(arch="resnet18", dims=32, batch_size=4, image_size=32, mixup=False,
+                         teacher="x", bank_size=16, entropy_weight=1.0, kd_weight=1.0)
+    torch.manual_seed(0)
+    module = CopyDetectionModule(config, teacher=None, teacher_dims=32).eval()  # BN: running stats
+    module.log = module.log_dict = lambda *a, **k: None
+    batch = {"views": torch.randint(0, 256, (4, 2, 3, 32, 32), dtype=torch.uint8), "index": torch.arange(4),
+             "teacher": F.normalize(torch.randn(4, 2, 32), dim=-1)}
+    losses = []
+    bank = {k: v.clone() for k, v in module.distill.bank.state_dict().items()}
+    for bf16 in (False, True):
+        module.distill.bank.load_state_dict(bank)  # both passes see the same bank
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            losses.append(float(module.training_step(batch, 0)))
+    assert math.isfinite(losses[1]) and losses[1] == pytest.approx(losses[0], rel=0.02)
+
+
+def test_precision_auto_uses_bf16_only_where_the_cpu_has_it(monkeypatch):
+    from copydistill.train import run
+
+    config = TrainConfig()
+    monkeypatch.setattr(run, "cpu_has_bf16", lambda: False)
+    assert run.resolve_precision(config, cuda=False) == "32-true"
+    assert run.resolve_precision(config, cuda=True) == "bf16-mixed"
+    monkeypatch.setattr(run, "cpu_has_bf16", lambda: True)
+    assert run.resolve_precision(config, cuda=False) == "bf16-mixed"
+    assert run.resolve_precision(TrainConfig(precision="32-true"), cuda=False) == "32-true"
+
+
+@pytest.mark.parametrize("predictor", ["linear", "mlp"])
+def test_kd_predictor_is_trained_with_the_student_and_not_exported(predictor):
+    from copydistill.train.module import CopyDetectionModule
+
+    config = TrainConfig(arch="resnet18", dims=16, batch_size=4, image_size=32, mixup=False, teacher="x",
+                         bank_size=16, kd_weight=1.0, kd_regression_weight=1.0, kd_predictor=predictor)
+    module = CopyDetectionModule(config, teacher=None, teacher_dims=32)  # 16-d student, 32-d teacher
+    module.log = module.log_dict = lambda *a, **k: None
+    batch = {"views": torch.randint(0, 256, (4, 2, 3, 32, 32), dtype=torch.uint8), "index": torch.arange(4),
+             "teacher": F.normalize(torch.randn(4, 2, 32), dim=-1)}
+    module.training_step(batch, 0).backward()
+    head = module.kd_head.weight if predictor == "linear" else module.kd_head[0].weight
+    assert head.grad is not None and head.grad.abs().sum() > 0
+    assert not any(k.startswith("kd_head") for k in module.student.state_dict())

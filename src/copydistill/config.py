@@ -52,6 +52,8 @@ class TrainConfig:
     kd_objective: str = "cross_entropy"  # cross_entropy (thesis, §2.4) | kl (RDCD, §3.4)
     kd_prepend_current: bool = True  # bank = [current keys ; queue] (§2.4) or the queue alone (§3.4)
     kd_views: str = "both"  # views the teacher sees: both (§2.4) | query (view0 only, RDCD §3.2)
+    kd_regression_weight: float = 0.0  # >0: + w·(2 − 2cos(student, own teacher key)) (KeyRegression)
+    kd_predictor: str = "none"  # none: the feature itself is distilled (§2.4) | linear | mlp head
     kd_target: str = "view"  # view: the teacher embeds each view (§2.4) | clean: it embeds each
     # unedited image once, and both views are distilled towards that key (docs/training.md)
     bank_size: int = 65_536
@@ -70,7 +72,7 @@ class TrainConfig:
     accelerator: str = "auto"
     devices: str = "auto"
     num_nodes: int = 1
-    precision: str = "auto"  # auto: bf16-mixed on GPU, 32-true on CPU
+    precision: str = "auto"  # auto: bf16-mixed on GPU and on CPUs with AVX-512 BF16/AMX, else 32-true
     channels_last: bool = True
     sync_bn: bool = True
     seed: int = 0
@@ -89,10 +91,13 @@ class TrainConfig:
             raise CopydistillError(f"student_size={self.student_size} must be >= 16 (or null)")
         if self.optimizer not in ("lars", "sgd", "adamw"):
             raise CopydistillError(f"optimizer={self.optimizer!r}; use lars, sgd or adamw")
+        if self.kd_regression_weight < 0:
+            raise CopydistillError(f"kd_regression_weight={self.kd_regression_weight} must be >= 0")
         if self.batch_size < 2:
             raise CopydistillError("batch_size must be >= 2 (InfoNCE needs negatives)")
         choices = {"contrastive": ("sscd", "moco"), "kd_objective": ("cross_entropy", "kl"),
-                   "kd_views": ("both", "query"), "kd_target": ("view", "clean")}
+                   "kd_views": ("both", "query"), "kd_target": ("view", "clean"),
+                   "kd_predictor": ("none", "linear", "mlp")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise CopydistillError(f"{name}={getattr(self, name)!r}; use {' or '.join(allowed)}")

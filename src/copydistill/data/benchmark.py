@@ -71,8 +71,8 @@ class Plan:
     """Which source each image comes from; shipped to worker processes.
 
     Eval photos make references and queries, train photos the train split; the two never share a
-    photo. Cut-outs are split the same way (eval side: overlays and distractors; train side:
-    composites). Indices past the photo lists give synthetic images: photo-like composites when
+    photo. Cut-outs and textures are split the same way (eval side: overlays and distractors;
+    train side: composites). Indices past the photo lists give synthetic images: photo-like composites when
     there is material, procedural scenes otherwise.
     """
 
@@ -83,7 +83,8 @@ class Plan:
     n_overlay: int
     eval_cutouts: tuple[str, ...] = ()
     train_cutouts: tuple[str, ...] = ()
-    textures: tuple[str, ...] = ()
+    eval_textures: tuple[str, ...] = ()
+    train_textures: tuple[str, ...] = ()
     real: bool = False  # real-photo mode: distractors and extra train images are composites
 
     def source_image(self, role: str, index: int) -> tuple[str, Image.Image]:
@@ -94,7 +95,7 @@ class Plan:
         seed = _seed(self.seed, role, index)
         if self.real and role in ("train", "distractor"):
             backgrounds = [load_photo(p, max_side) for p in
-                           (self.train_photos if role == "train" else ()) + self.textures]
+                           (self.train_photos + self.train_textures if role == "train" else self.eval_textures)]
             cutouts = [load_cutout(p, max_side // 2) for p in
                        (self.train_cutouts if role == "train" else self.eval_cutouts)]
             return f"composite:{role}:{seed}", photo_composite(seed, self.size.long_side, backgrounds, cutouts)
@@ -199,10 +200,11 @@ def make_benchmark(
     if real:
         eval_photos, train_photos = _split(real_photos, rng)
         eval_cutouts, train_cutouts = _split([str(p) for p in library.paths("cutout")], rng)
+        eval_textures, train_textures = _split([str(p) for p in library.paths("texture")], rng)
         plan = Plan(seed=seed, size=spec, eval_photos=tuple(eval_photos), train_photos=tuple(train_photos),
                     n_overlay=max(8, len(eval_cutouts)), eval_cutouts=tuple(eval_cutouts),
                     train_cutouts=tuple(train_cutouts),
-                    textures=tuple(str(p) for p in library.paths("texture")), real=True)
+                    eval_textures=tuple(eval_textures), train_textures=tuple(train_textures), real=True)
         n_matched = round(MATCHED_SHARE * len(eval_photos))
         order = rng.permutation(len(eval_photos))
         matched = [int(i) for i in order[:n_matched]]

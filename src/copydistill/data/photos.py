@@ -144,16 +144,34 @@ def _debian_licence(root: Path, package: str) -> str:
     return ", ".join(names) if names else text.strip().splitlines()[0][:120]
 
 
+def _apt_download(package: str, cwd: str) -> bool:
+    try:
+        return subprocess.run(["apt-get", "download", package], cwd=cwd, capture_output=True,
+                              timeout=600).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@functools.lru_cache(maxsize=1)
+def _apt_update() -> bool:
+    """``apt-get update`` once per process (root only): a new machine has no package lists."""
+    import os
+
+    if os.geteuid() != 0:
+        return False
+    try:
+        return subprocess.run(["apt-get", "update"], capture_output=True, timeout=600).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 def _fetch_debian(package: str, into: Path) -> tuple[Path, str] | None:
     """``apt-get download`` + ``dpkg -x`` of one package into ``into/package``; None if apt cannot."""
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            result = subprocess.run(["apt-get", "download", package], cwd=tmp, capture_output=True,
-                                    timeout=600, text=True)
-        except (OSError, subprocess.TimeoutExpired):
+        if not _apt_download(package, tmp) and not (_apt_update() and _apt_download(package, tmp)):
             return None
         debs = sorted(Path(tmp).glob(f"{package}_*.deb"))
-        if result.returncode != 0 or not debs:
+        if not debs:
             return None
         version = debs[0].name.split("_")[1].replace("%3a", ":")
         target = into / package

@@ -106,3 +106,21 @@ class SimilarityDistillation(nn.Module):
             self.bank.enqueue(keys)
         loss = kl if self.objective == "kl" else cross_entropy
         return loss, {"kd_ce": cross_entropy.detach(), "kd_kl": kl.detach()}
+
+
+class KeyRegression(nn.Module):
+    """Pull each student feature onto its own teacher key: L = mean_i (2 − 2·cos(s_i, t_i)).
+
+    With ``kd_target: clean`` the key is the teacher's embedding of the *unedited* image, so every
+    edited view is regressed onto the point the teacher gives the original — the copy-detection
+    target itself — and, since keys of different images are far apart (cosine ≈ 0.1 for
+    ``sscd-int8``), the term also spreads a near-collapsed random student (docs/training.md).
+    No predictor: the descriptor itself moves into the teacher's space (as §2.4 distils it).
+    """
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        teacher = F.normalize(teacher.detach().float(), dim=1)
+        with torch.autocast(student.device.type, enabled=False):
+            cosine = (F.normalize(student.float(), dim=1) * teacher).sum(1)
+            loss = (2.0 - 2.0 * cosine).mean()
+        return loss, {"kd_key_cos": cosine.mean().detach()}

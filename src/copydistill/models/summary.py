@@ -25,5 +25,5 @@ def model_table(flops: bool = True, dims: int = 512) -> str:
         gflops = f"{count_gflops(model):.2f}" if flops else "–"
         role = "student" if name in STUDENTS else "teacher"
         lines.append(f"{name:<24} {role:<8} {params:>10.2f} {width:>6} {gflops:>11}")
-    lines.append("also: phash, sscd-int8, onnx:PATH, torchscript:PATH, timm/<any timm model>")
+    lines.append("also: phash, pdq, sscd-int8, onnx:PATH, torchscript:PATH, timm/<any timm model>")
     return "\n".join(lines)

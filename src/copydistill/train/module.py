@@ -29,13 +29,22 @@ from torch import nn
 from copydistill.augment.mixup import ContrastiveMixup
 from copydistill.config import TrainConfig
 from copydistill.losses.contrastive import DirectCLR, InfoNCEEntropy, match_matrix
-from copydistill.losses.distill import MemoryBank, SimilarityDistillation
+from copydistill.losses.distill import KeyRegression, MemoryBank, SimilarityDistillation
 from copydistill.losses.distributed import world
 from copydistill.losses.moco import MoCoHardNegative
 from copydistill.models.backbones import EmbeddingModel
 from copydistill.models.descriptor import Descriptor
 from copydistill.models.gem import PixelInput
 from copydistill.models.momentum import MomentumEncoder
+
+
+def kd_head(kind: str, width: int, teacher_dims: int) -> nn.Module:
+    """The distillation predictor (``kd_predictor``): student feature -> teacher space. Trained
+    with the student, used by the distillation terms only, never exported."""
+    if kind == "linear":
+        return nn.Linear(width, teacher_dims)
+    return nn.Sequential(nn.Linear(width, 1024), nn.BatchNorm1d(1024), nn.ReLU(inplace=True),
+                         nn.Linear(1024, teacher_dims))
 
 
 class CopyDetectionModule(L.LightningModule):
@@ -60,10 +69,13 @@ class CopyDetectionModule(L.LightningModule):
         # the teacher is deliberately not a registered submodule: it is frozen, excluded from
         # SyncBN conversion and DDP, and kept out of checkpoints (§2.8 bug 2)
         object.__setattr__(self, "teacher", teacher)
-        self.distill = None
+        self.distill = self.kd_head = None
+        self.key_regression = KeyRegression()
         if config.teacher is not None or teacher is not None:
             dims = teacher_dims or getattr(teacher, "dims", None) or config.kd_dim or config.dims
-            if dims != self.student.feature_dim:
+            if config.kd_predictor != "none":  # a head maps the student's feature into the teacher's space
+                self.kd_head = kd_head(config.kd_predictor, self.student.feature_dim, dims)
+            elif dims != self.student.feature_dim:
                 raise ValueError(
                     f"teacher gives {dims}-d keys but the student's distilled feature is "
                     f"{self.student.feature_dim}-d; set dims (or kd_dim for a compact student) to {dims}"
@@ -99,9 +111,16 @@ class CopyDetectionModule(L.LightningModule):
                 x, feature, keys = x[:b], feature[:b], None if keys is None else keys[:b]
             if keys is None:
                 keys = self.teacher_keys(x)
-            kd, kd_stats = self.distill(feature.float(), keys.to(feature.device))
+            keys = keys.to(feature.device)
+            if self.kd_head is not None:
+                feature = nn.functional.normalize(self.kd_head(feature), dim=1)
+            kd, kd_stats = self.distill(feature.float(), keys)
             loss = loss + self.config.kd_weight * kd
             stats |= kd_stats
+            if self.config.kd_regression_weight:
+                regression, regression_stats = self.key_regression(feature, keys)
+                loss = loss + self.config.kd_regression_weight * regression
+                stats |= regression_stats
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
         self.log_dict({f"train/{k}": v for k, v in stats.items()}, batch_size=b)
         return loss
@@ -114,7 +133,7 @@ class CopyDetectionModule(L.LightningModule):
         if size and size != inputs.shape[-1]:
             inputs = nn.functional.interpolate(inputs, size=(size, size), mode="bilinear",
                                                antialias=True, align_corners=False)
-        if self.config.channels_last and inputs.is_cuda:
+        if self.config.channels_last and inputs.is_cuda:  # on a CPU (fp32) it measured 0.92x
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         return inputs
 
@@ -177,7 +196,9 @@ class CopyDetectionModule(L.LightningModule):
 
         c = self.config
         lr = self.learning_rate()
-        params = self.student.parameters()  # never the teacher or the EMA key encoder
+        params = list(self.student.parameters())  # never the teacher or the EMA key encoder
+        if self.kd_head is not None:
+            params += list(self.kd_head.parameters())
         if c.optimizer == "lars":  # applied to all parameters, biases and BN included (§1.5)
             optimizer = timm.optim.Lars(params, lr=lr, momentum=c.momentum, weight_decay=c.weight_decay,
                                         trust_coeff=0.001, eps=1e-8)

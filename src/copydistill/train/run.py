@@ -171,10 +171,27 @@ def load_teacher(spec: str | None, threads: int | None = None) -> tuple[object |
     return descriptor, descriptor
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX): only then does bf16
+    autocast pay on a CPU; elsewhere (e.g. AVX2-only) oneDNN emulates it, ~10-40x slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(config: TrainConfig, cuda: bool) -> str:
+    """``precision: auto``: bf16-mixed on a GPU or a bf16-capable CPU, else 32-true."""
+    if config.precision != "auto":
+        return config.precision
+    return "bf16-mixed" if cuda or (config.accelerator in ("auto", "cpu") and cpu_has_bf16()) else "32-true"
+
+
 def build_trainer(config: TrainConfig, callbacks: list[Callback], progress: bool = True) -> L.Trainer:
     out = Path(config.out_dir)
     cuda = torch.cuda.is_available() and config.accelerator in ("auto", "gpu", "cuda")
-    precision = config.precision if config.precision != "auto" else ("bf16-mixed" if cuda else "32-true")
+    precision = resolve_precision(config, cuda)
     devices = config.devices if config.devices == "auto" else int(config.devices)
     return L.Trainer(
         default_root_dir=out, max_epochs=config.epochs, max_steps=config.max_steps,

@@ -1,0 +1,76 @@
+"""CPU training-step time of the quickstart's student step: fp32 against channels_last and (where
+the CPU computes bf16 natively) bf16 autocast, measured in the same process, ratios printed.
+
+    PYTHONPATH=src python benchmarks/cpu_train_step.py --arch resnet18 --batch 48 --size 64
+
+Each step: the student forward/backward on 2B uint8 views + InfoNCE/KoLeo + similarity
+distillation against precomputed teacher keys (as the quickstart's cached-key step) + SGD.
+bf16 is skipped where the CPU lacks AVX-512 BF16/AMX (oneDNN emulates it there, far slower);
+``--force-bf16`` measures it anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from copydistill.config import TrainConfig
+from copydistill.train.module import CopyDetectionModule
+from copydistill.train.run import cpu_has_bf16
+
+
+def measure(arch: str, batch: int, size: int, bf16: bool, channels_last: bool, steps: int) -> float:
+    config = TrainConfig(arch=arch, dims=512, batch_size=batch, image_size=size, mixup=False,
+                         teacher="sscd-int8", bank_size=1024, channels_last=channels_last,
+                         entropy_weight=1, kd_weight=1.0)
+    torch.manual_seed(0)
+    module = CopyDetectionModule(config, teacher=None, teacher_dims=512)
+    if channels_last:
+        module.student.to(memory_format=torch.channels_last)
+    module.log = lambda *a, **k: None  # no Trainer attached
+    module.log_dict = lambda *a, **k: None
+    optimizer = torch.optim.SGD(module.student.parameters(), lr=0.01, momentum=0.9)
+    batch_data = {"views": torch.randint(0, 256, (batch, 2, 3, size, size), dtype=torch.uint8),
+                  "index": torch.arange(batch),
+                  "teacher": torch.nn.functional.normalize(torch.randn(batch, 2, 512), dim=-1)}
+    times = []
+    for step in range(steps + 2):  # two warm-up steps
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = module.training_step(batch_data, step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step >= 2:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--batch", type=int, default=48, help="images per step (2 views each)")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--force-bf16", action="store_true")
+    args = parser.parse_args()
+    variants = {"fp32": (False, False), "fp32 + channels_last": (False, True)}
+    if cpu_has_bf16() or args.force_bf16:
+        variants |= {"bf16": (True, False), "bf16 + channels_last": (True, True)}
+    results = {name: measure(args.arch, args.batch, args.size, bf16, cl, args.steps)
+               for name, (bf16, cl) in variants.items()}
+    base = results["fp32"]
+    print(f"{args.arch}, {2 * args.batch} views at {args.size} px, threads {torch.get_num_threads()}, "
+          f"native bf16: {cpu_has_bf16()}")
+    for name, seconds in results.items():
+        print(f"  {name:22s} {seconds:6.3f} s/step  x{base / seconds:4.2f} vs fp32")
+    print(json.dumps({"arch": args.arch, "views": 2 * args.batch, "size": args.size,
+                      "native_bf16": cpu_has_bf16(), "s_per_step": results}))
+
+
+if __name__ == "__main__":
+    main()
