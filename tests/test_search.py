@@ -20,6 +20,7 @@ from copydistill.errors import CopydistillError
 from copydistill.eval import embed as embed_module
 from copydistill.eval.disc import evaluate_disc
 from copydistill.eval.metrics import Prediction, evaluate
+from copydistill.io.lock import LOCK_FILE
 from copydistill.models import load_descriptor
 from copydistill.models.phash import PHashDescriptor
 from copydistill.search import calibrate as calibrate_module
@@ -147,7 +148,7 @@ def test_interrupted_build_resumes(refs, phash_index, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         build_index(refs, InterruptingPHash(interrupt_on=2), out, spec="phash", progress=False)
     assert not (out / MODEL_FILE).exists()
-    assert len(list((out / CACHE_DIR).glob("part-*.npz"))) == 1
+    assert len(list((out / CACHE_DIR).rglob("part-*.npz"))) == 1  # in this run's own folder
     with pytest.raises(CopydistillError, match="interrupted"):
         load_index(out)
 
@@ -182,8 +183,8 @@ def test_add_extends_and_never_touches_references(refs, tmp_path):
     assert set(result.skipped) == {str((second / "broken.jpg").resolve())}
     index = load_index(out)
     assert index.info.generation == 2 and index.info.count == 31
-    assert sorted(p.name for p in out.iterdir()) == ["ids-0002.npz", "index-0002.faiss", MODEL_FILE,
-                                                     SKIPPED_FILE]
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE, "ids-0002.npz", "index-0002.faiss",
+                                                     MODEL_FILE, SKIPPED_FILE]
     assert len(set(index.ids)) == 31 and f"nested/{images[0].name}" in index.ids
     assert "broken.jpg" in (out / SKIPPED_FILE).read_text()
 
@@ -262,7 +263,7 @@ def test_unwritable_outputs_fail_early_and_lose_nothing(phash_index, refs, queri
     blocker = tmp_path / "a-file"
     blocker.write_text("I am a regular file")
     code, _, err = run(capsys, "index", "build", refs, "--model", "phash", "--out", blocker / "index")
-    assert code == 2 and "cannot create the index folder" in err and "writable" in err
+    assert code == 2 and "cannot create the folder" in err and "writable" in err
     code, _, err = run(capsys, "index", "search", phash_index, queries, "--json", "--out",
                        blocker / "r.json")
     assert code == 2 and "cannot write --out" in err

@@ -8,7 +8,9 @@ An index folder holds::
     ids-NNNN.npz          ``ids`` (path relative to the folder it was added from) and ``paths``
                           (absolute), row i of the FAISS index = ids[i]
     skipped.tsv           undecodable reference files, ``path<TAB>reason``
-    embed-cache/          only while a build/add runs: resumable embedding chunks
+    embed-cache/RUN/      only while a build/add runs: its resumable embedding chunks (one
+                          folder per set of images, so two runs never share chunks)
+    .copydistill.lock     the writer lock: one build/add at a time, a second one waits
 
 A build or add writes the next generation of ``index-*.faiss`` / ``ids-*.npz`` and then replaces
 ``model.json`` atomically, so an interrupted write leaves the previous, complete index in place;
@@ -35,7 +37,8 @@ import numpy as np
 from copydistill.data.disc import ImageRecord
 from copydistill.errors import CopydistillError
 from copydistill.eval.embed import CHUNK, Embeddings, OnError, cache_meta, embed_records
-from copydistill.io.atomic import atomic_write, atomic_write_text
+from copydistill.io.atomic import atomic_write, atomic_write_bytes, atomic_write_text
+from copydistill.io.lock import folder_lock
 from copydistill.io.images import IMAGE_EXTENSIONS, list_images
 from copydistill.models.descriptor import Descriptor
 
@@ -132,6 +135,19 @@ def _embed(
     embeddings = embed_records(descriptor, by_path, cache, on_error=on_error, desc=desc,
                                progress=progress)
     return embeddings, read_skip_list(cache / "skipped.tsv"), resumed
+
+
+def run_cache(root: Path, descriptor: Descriptor, records: list[ImageRecord]) -> Path:
+    """This run's own embedding cache: ``embed-cache/<hash of the model and the image paths>``."""
+    key = json.dumps([vector_key(descriptor.fingerprint()), [str(r.path) for r in records]])
+    return root / CACHE_DIR / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def drop_cache(cache: Path) -> None:
+    """Remove a finished run's cache (and ``embed-cache/`` once no other run's is left)."""
+    shutil.rmtree(cache, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        cache.parent.rmdir()
 
 
 def _resumable(cache: Path, descriptor: Descriptor, records: list[ImageRecord]) -> int:
@@ -383,9 +399,10 @@ def _commit(root: Path, info: IndexInfo, index: faiss.Index, ids: list[str], pat
     generation = info.generation + 1
     index_file, ids_file = f"index-{generation:04d}.faiss", f"ids-{generation:04d}.npz"
     try:
-        faiss.write_index(index, str(root / index_file))
+        data = faiss.serialize_index(index)
     except RuntimeError as err:
-        raise CopydistillError(f"cannot write {root / index_file}: {err}. Choose a writable --out.") from err
+        raise CopydistillError(f"cannot serialise the FAISS index: {_faiss_reason(err)}") from err
+    atomic_write_bytes(root / index_file, data.tobytes())  # a failed write leaves no partial file
     with atomic_write(root / ids_file, "wb") as handle:
         np.savez(handle, ids=np.array(ids, dtype=str), paths=np.array(paths, dtype=str))
     new = IndexInfo(**{**asdict(info), "generation": generation, "index_file": index_file,
@@ -402,7 +419,8 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def prepare_out_dir(out: Path, refs: list[Path]) -> None:
-    """Check (before any work) that ``out`` can hold a new index and is not inside a reference folder."""
+    """Check (before any work, writing nothing) that ``out`` can be a new index folder outside
+    the reference folders; the folder itself is made when its lock is taken."""
     for folder in refs:
         if _inside(out, folder):
             raise CopydistillError(
@@ -411,20 +429,15 @@ def prepare_out_dir(out: Path, refs: list[Path]) -> None:
             )
     if out.exists() and not out.is_dir():
         raise CopydistillError(f"{out}: exists and is not a folder. Choose another --out.")
+    _refuse_existing(out)
+
+
+def _refuse_existing(out: Path) -> None:
     if (out / MODEL_FILE).is_file():
         raise CopydistillError(
             f"{out}: already holds an index. Extend it with `copydistill index add {out} FOLDER`, "
             "or choose another --out."
         )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise CopydistillError(
-            f"cannot create the index folder {out}: {err.strerror or err}. Choose a writable --out."
-        ) from err
 
 
 @dataclass
@@ -460,8 +473,18 @@ def build_index(
         raise no_images_error(refs)
     prepare_out_dir(out, [refs])
     index = new_index(factory, descriptor.dims)  # a bad factory fails before any embedding
-    embeddings, skipped, resumed = _embed(descriptor, records, out / CACHE_DIR, on_error,
-                                          "index build", progress)
+    with folder_lock(out, "--out"):
+        _refuse_existing(out)  # a build that held the lock before us may have finished
+        return _build_locked(refs, records, descriptor, out, spec, index, factory, max_train,
+                             nprobe, on_error, progress, start)
+
+
+def _build_locked(refs, records, descriptor, out, spec, index, factory, max_train, nprobe,
+                  on_error, progress, start) -> BuildResult:
+    """The part of ``build_index`` that writes ``out``, under its lock."""
+    cache = run_cache(out, descriptor, records)
+    embeddings, skipped, resumed = _embed(descriptor, records, cache, on_error, "index build",
+                                          progress)
     if skipped:
         write_skip_list(out / SKIPPED_FILE, skipped)
     if len(embeddings) == 0:
@@ -480,7 +503,7 @@ def build_index(
     )
     info = _commit(out, info, index, [rel[p] for p in embeddings.ids], list(embeddings.ids))
     write_skip_list(out / SKIPPED_FILE, skipped)
-    shutil.rmtree(out / CACHE_DIR, ignore_errors=True)
+    drop_cache(cache)
     return BuildResult(load_index(out), len(embeddings), skipped, resumed,
                        seconds=time.perf_counter() - start, notes=notes)
 
@@ -497,7 +520,13 @@ def add_to_index(
     Adding the same folder again picks up only its new files; earlier skipped files are retried.
     """
     start = time.perf_counter()
-    ref_index = load_index(root)
+    load_index(root)  # a clear error before the lock for a folder that is no index
+    with folder_lock(root, "INDEX_DIR"):
+        return _add_locked(load_index(root), folders, descriptor, on_error, progress, start)
+
+
+def _add_locked(ref_index, folders, descriptor, on_error, progress, start) -> BuildResult:
+    """The part of ``add_to_index`` that reads and extends the index, under its lock."""
     ref_index.check_descriptor(descriptor)
     root = ref_index.root
     known_paths = set(ref_index.paths)
@@ -528,8 +557,8 @@ def add_to_index(
     old_skipped = read_skip_list(root / SKIPPED_FILE)
     if not records:
         return BuildResult(ref_index, 0, {}, already_indexed=already, seconds=time.perf_counter() - start)
-    embeddings, skipped, resumed = _embed(descriptor, records, root / CACHE_DIR, on_error,
-                                          "index add", progress)
+    cache = run_cache(root, descriptor, records)
+    embeddings, skipped, resumed = _embed(descriptor, records, cache, on_error, "index add", progress)
     retried = {str(r.path) for r in records}
     merged = {p: r for p, r in old_skipped.items() if p not in retried} | skipped
     rel = {str(r.path): r.id for r in records}
@@ -542,7 +571,7 @@ def add_to_index(
     _commit(root, info, index, ref_index.ids + [rel[p] for p in embeddings.ids],
             ref_index.paths + list(embeddings.ids))
     write_skip_list(root / SKIPPED_FILE, merged)
-    shutil.rmtree(root / CACHE_DIR, ignore_errors=True)
+    drop_cache(cache)
     return BuildResult(load_index(root), len(embeddings), skipped, resumed, already,
                        seconds=time.perf_counter() - start)
 
