@@ -10,6 +10,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from copydistill import argtypes  # noqa: E402
 from copydistill.errors import CopydistillError  # noqa: E402
 
 
@@ -20,18 +21,18 @@ def _add_model_options(p: argparse.ArgumentParser, multiple: bool = False) -> No
                             "torchscript:PATH, resnet18, ... (see `copydistill models list`)")
     else:
         p.add_argument("--model", required=True, metavar="SPEC", help="model spec")
-    p.add_argument("--resize", default=None, metavar="POLICY",
+    p.add_argument("--resize", type=argtypes.resize_policy, default=None, metavar="POLICY",
                    help="short:288 (default, SSCD's protocol), square:288, long:800 or none")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime")
+    p.add_argument("--batch-size", type=argtypes.positive, default=None)
+    p.add_argument("--threads", type=argtypes.positive, default=None, help="CPU threads for ONNX Runtime")
     p.add_argument("--on-error", choices=("skip", "fail"), default="skip",
                    help="undecodable images: skip them (listed in skipped.tsv) or stop")
 
 
 def _add_parallel_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--devices", type=int, default=1, metavar="N",
+    p.add_argument("--devices", type=argtypes.positive, default=1, metavar="N",
                    help="embedding processes per node (GPUs or CPU processes); >1 runs DDP")
-    p.add_argument("--num-nodes", type=int, default=1, metavar="M",
+    p.add_argument("--num-nodes", type=argtypes.positive, default=1, metavar="M",
                    help="nodes of a torchrun/SLURM job (--out on a filesystem all nodes share)")
     p.add_argument("--accelerator", choices=("cpu", "gpu", "auto"), default=None,
                    help="embed through Lightning on this accelerator (default: the single-process "
@@ -39,7 +40,7 @@ def _add_parallel_options(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = argtypes.Parser(
         prog="copydistill", description="Image copy detection: train, distill, evaluate, search."
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -47,13 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     mb = data.add_parser("make-benchmark", help="write the embedded DISC21-layout benchmark")
     mb.add_argument("--size", choices=("tiny", "small", "medium"), default="small")
-    mb.add_argument("--seed", type=int, default=0)
+    mb.add_argument("--seed", type=argtypes.seed, default=0)
     mb.add_argument("--out", type=Path, required=True)
     mb.add_argument("--photos", type=Path, action="append", default=[],
                     help="extra folder of your own photos (repeatable)")
     mb.add_argument("--debian-photos", action="store_true",
                     help="add Debian wallpaper photos (apt-get download, cached on first use)")
-    mb.add_argument("--workers", type=int, default=None)
+    mb.add_argument("--workers", type=argtypes.positive, default=None)
 
     emb = sub.add_parser("embed", help="embed a folder of images (resumable)")
     _add_model_options(emb)
@@ -70,9 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     disc.add_argument("--score-norm", choices=("sscd", "isc", "none"), default="sscd",
                       help="score normalisation against the train split (reported beside raw)")
     disc.add_argument("--codec", action="store_true", help="also evaluate PCAW{d},L2norm,Flat")
-    disc.add_argument("--codec-dims", type=int, default=None)
-    disc.add_argument("--k", type=int, default=10, help="results per query (kNN)")
-    disc.add_argument("--global-candidates", type=int, default=None, metavar="N",
+    disc.add_argument("--codec-dims", type=argtypes.positive, default=None)
+    disc.add_argument("--k", type=argtypes.positive, default=10, help="results per query (kNN)")
+    disc.add_argument("--global-candidates", type=argtypes.positive, default=None, metavar="N",
                       help="keep the N best pairs overall instead of k per query (ISC track 2)")
     for name in ("queries", "references", "train", "ground-truth"):
         disc.add_argument(f"--{name}", default=None, help=f"override the {name} path (relative to --data)")
@@ -84,8 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_model_options(cd)
     cd.add_argument("--distractors", type=Path, default=None, help="folder of distractor images (CD10K)")
     cd.add_argument("--whitening", type=Path, default=None, help="folder to train PCAW on")
-    cd.add_argument("--codec-dims", type=int, default=None)
-    cd.add_argument("--k", type=int, default=100)
+    cd.add_argument("--codec-dims", type=argtypes.positive, default=None)
+    cd.add_argument("--k", type=argtypes.positive, default=100)
     cd.add_argument("--out", type=Path, required=True)
 
     tr = sub.add_parser("train", help="train a student (SSCD baseline or distillation) from a recipe")
@@ -98,16 +99,17 @@ def _parser() -> argparse.ArgumentParser:
     pv.add_argument("--setting", choices=("SIMCLR", "STRONG_BLUR", "ADVANCED"), default="ADVANCED")
     pv.add_argument("--images", type=Path, default=None, help="folder of images (default: package photos)")
     pv.add_argument("--out", type=Path, required=True)
-    pv.add_argument("--size", type=int, default=224)
-    pv.add_argument("--count", type=int, default=6, help="images (rows)")
-    pv.add_argument("--views", type=int, default=7, help="views per image (columns)")
-    pv.add_argument("--seed", type=int, default=0)
+    pv.add_argument("--size", type=argtypes.positive, default=224)
+    pv.add_argument("--count", type=argtypes.positive, default=6, help="images (rows)")
+    pv.add_argument("--views", type=argtypes.positive, default=7, help="views per image (columns)")
+    pv.add_argument("--seed", type=argtypes.seed, default=0)
 
     ex = sub.add_parser("export", help="export a torch model as ONNX or TorchScript (uint8 RGB in)")
     ex.add_argument("--model", required=True, metavar="SPEC")
     ex.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
     ex.add_argument("--out", type=Path, required=True)
-    ex.add_argument("--resize", default=None, metavar="POLICY", help="resize policy stored in the file")
+    ex.add_argument("--resize", type=argtypes.resize_policy, default=None, metavar="POLICY",
+                    help="resize policy stored in the file")
 
     models = sub.add_parser("models", help="model registry").add_subparsers(dest="models_command", required=True)
     ml = models.add_parser("list", help="students and teachers with parameters and GFLOPs")
@@ -120,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     qs = sub.add_parser("quickstart", help="the one-command demo on the embedded benchmark")
     qs.add_argument("--out", type=Path, default=Path("runs/quickstart"))
     qs.add_argument("--size", choices=("tiny", "small", "medium"), default="small")
-    qs.add_argument("--seed", type=int, default=0)
+    qs.add_argument("--seed", type=argtypes.seed, default=0)
     qs.add_argument("--config", type=Path, default=None, help="training recipe (default configs/quickstart.yaml)")
     qs.add_argument("overrides", nargs="*", metavar="key=value", help="override recipe options")
     return parser

@@ -39,6 +39,10 @@ class DecompressionBombError(ImageError):
     kind = "image too large (decompression bomb guard)"
 
 
+class ResizeTooLargeError(ImageError):
+    kind = "too large once resized (memory guard)"
+
+
 class DataLayoutError(CopydistillError):
     """A dataset folder that does not have the expected layout."""
 

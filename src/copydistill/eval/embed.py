@@ -75,7 +75,9 @@ def _decode(
     descriptor: Descriptor, record: ImageRecord
 ) -> tuple[np.ndarray | None, ImageError | None]:
     try:
-        return descriptor.prepare(load_image(record.path)), None
+        image = load_image(record.path)
+        descriptor.resize.check(*image.size, record.path)
+        return descriptor.prepare(image), None
     except ImageError as err:
         return None, err
 
