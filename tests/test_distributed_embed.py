@@ -162,7 +162,7 @@ def test_fail_mode_raises_the_typed_error_and_keeps_finished_parts(images, small
 
 @pytest.mark.parametrize(
     "options, message",
-    [(["--devices", "0"], "--devices 0"), (["--num-nodes", "0"], "--num-nodes 0")]
+    [(["--devices", "0"], "--devices: 0"), (["--num-nodes", "0"], "--num-nodes: 0")]
     + ([] if torch.cuda.is_available() else [(["--accelerator", "gpu"], "no CUDA GPU")]),
 )
 def test_bad_parallel_options_are_clear_errors(images, tmp_path, capsys, options, message):

@@ -13,6 +13,7 @@ class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line: ``copydistill CMD: error: ... (see --help)``."""
 
     def error(self, message: str):
+        message = message.removeprefix("argument ")  # "argument --k: ..." -> "--k: ..."
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
     def exit(self, status: int = 0, message: str | None = None):

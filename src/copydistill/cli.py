@@ -273,7 +273,10 @@ SEARCH_COMMANDS: dict = {}  # filled by copydistill.search.cli.register: (comman
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as stop:  # --help (0) or a one-line usage error (2)
+        return stop.code if isinstance(stop.code, int) else 2
     sub = getattr(args, f"{args.command}_command", None)
     handler = COMMANDS.get((args.command, sub)) or SEARCH_COMMANDS[(args.command, sub)]
     try:

@@ -364,9 +364,17 @@ def _read_info(root: Path) -> IndexInfo:
         )
     try:
         payload = json.loads(meta.read_text())
+        if not isinstance(payload, dict):
+            raise ValueError(f"a JSON {type(payload).__name__}, not an object")
         if payload.get("format") != FORMAT:
             raise ValueError(f"format {payload.get('format')!r}, expected {FORMAT!r}")
-        return IndexInfo(**payload)
+        info = IndexInfo(**payload)
+        dims = info.fingerprint.get("dims") if isinstance(info.fingerprint, dict) else None
+        if not isinstance(dims, int) or isinstance(dims, bool) or dims < 1:
+            raise ValueError("fingerprint.dims is missing or not a positive number")
+        return info
+    except OSError as err:
+        raise CopydistillError(f"{meta}: cannot read the index description ({err.strerror})") from err
     except (ValueError, TypeError) as err:
         raise CopydistillError(f"{meta}: unreadable index description ({err}); rebuild the index") from err
 
