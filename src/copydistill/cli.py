@@ -282,7 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         handler(args)
     except CopydistillError as err:
-        print(f"copydistill: error: {err}", file=sys.stderr)
+        print(f"copydistill: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the library turns the ones it expects into messages; this is the net
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"copydistill: error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("copydistill: interrupted; finished work is kept and the next run resumes from it",

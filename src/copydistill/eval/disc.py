@@ -27,7 +27,7 @@ from copydistill.eval.matching import (
 )
 from copydistill.eval.metrics import GroundTruthPair, Metrics, Prediction, evaluate
 from copydistill.eval.predictions import write_predictions
-from copydistill.io.atomic import atomic_write_text
+from copydistill.io.atomic import atomic_write_text, ensure_dir
 from copydistill.models.descriptor import Descriptor
 
 ScoreNorm = Literal["sscd", "isc", "none"]
@@ -102,7 +102,7 @@ def evaluate_disc(
     this returns None once every split is embedded, leaving the evaluation to rank 0.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out)
     splits = {"queries": layout.queries, "references": layout.references}
     if layout.train is not None:
         splits["train"] = layout.train

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from copydistill.data.disc import ImageRecord
 from copydistill.errors import CopydistillError, ImageError
-from copydistill.io.atomic import atomic_write, atomic_write_text
+from copydistill.io.atomic import atomic_write, atomic_write_text, ensure_dir
 from copydistill.io.images import load_image
 from copydistill.models.descriptor import Descriptor
 
@@ -102,7 +102,7 @@ def part_path(out: Path, start: int) -> Path:
 def start_cache(out: Path, meta: dict) -> None:
     """Make ``out`` ready for the parts of ``meta``'s run: drop the parts of another model or
     image list (an interrupted run of the same one is resumed) and record ``meta``."""
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out, "output folder")
     stale = out / "meta.json"
     if stale.exists() and json.loads(stale.read_text()) != meta:
         for part in out.glob("part-*.npz"):
