@@ -245,7 +245,7 @@ def test_corrupt_files_go_to_the_skip_list(tmp_path, capsys):
     code, out, err = run(capsys, "index", "build", folder, "--model", "phash", "--out",
                          tmp_path / "index", "--quiet")
     assert code == 0, err
-    assert "indexed 3 references" in out and "2 undecodable" in out
+    assert "indexed 3 references" in out and "2 file(s) skipped" in out
     skipped = (tmp_path / "index" / SKIPPED_FILE).read_text().splitlines()
     assert sorted(Path(line.split("\t")[0]).name for line in skipped) == ["broken.jpg", "zero.png"]
     assert all(line.split("\t")[1] for line in skipped)
@@ -286,7 +286,7 @@ def test_bad_queries_and_factories(phash_index, refs, tmp_path, capsys):
     payload = json.loads(out)
     assert [s["path"] for s in payload["skipped"]] == [str(tmp_path / "q.jpg")]
     assert payload["queries"][0]["matches"][0]["reference"] == good.name
-    assert "1 undecodable" in err
+    assert "1 query file(s) skipped" in err
     code, _, err = run(capsys, "index", "search", tmp_path, good)
     assert code == 2 and "not a copydistill index" in err
 

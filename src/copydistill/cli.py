@@ -26,7 +26,8 @@ def _add_model_options(p: argparse.ArgumentParser, multiple: bool = False) -> No
     p.add_argument("--batch-size", type=argtypes.positive, default=None)
     p.add_argument("--threads", type=argtypes.positive, default=None, help="CPU threads for ONNX Runtime")
     p.add_argument("--on-error", choices=("skip", "fail"), default="skip",
-                   help="undecodable images: skip them (listed in skipped.tsv) or stop")
+                   help="images that cannot be used (unreadable, undecodable, too large): skip them "
+                        "(listed in skipped.tsv) or stop")
 
 
 def _add_parallel_options(p: argparse.ArgumentParser) -> None:
@@ -158,23 +159,30 @@ def _embedder(args):
 
 
 def _cmd_embed(args) -> None:
-    from copydistill.data.disc import records_from_folder
+    from copydistill.data.disc import folder_records, isc_image_names, no_images_error
+    from copydistill.eval.embed import Embeddings
 
+    records = folder_records(args.images)  # ids: paths relative to --images, as index and dedup
+    if not records:
+        raise no_images_error(args.images)
     embed = _embedder(args)
     descriptor = _load(args, args.model)
-    result = embed(descriptor, records_from_folder(args.images), args.out, on_error=args.on_error)
+    result = embed(descriptor, records, args.out, on_error=args.on_error)
     if result is None:  # a helper rank of a distributed run: rank 0 reports
         return
     if args.hdf5:
-        result.export_isc_hdf5(args.hdf5)
+        Embeddings(isc_image_names(result.ids), result.vectors).export_isc_hdf5(args.hdf5)
     print(f"{len(result)} images embedded ({result.dims} dims) into {args.out / 'embeddings.npz'}")
     _report_skipped(args.out / "skipped.tsv")
 
 
 def _report_skipped(*lists: Path) -> None:
-    lines = [line for path in lists if path.is_file() for line in path.read_text().splitlines()]
-    if lines:
-        print(f"{len(lines)} undecodable file(s) skipped; listed in " + ", ".join(str(p) for p in lists if p.is_file()))
+    from copydistill.io.skiplist import read_skip_list
+
+    count = sum(len(read_skip_list(path)) for path in lists)
+    if count:
+        print(f"{count} file(s) or folder(s) skipped (unreadable, not decodable or too large); "
+              "listed with the reason in " + ", ".join(str(p) for p in lists if p.is_file()))
 
 
 def _cmd_eval_disc(args) -> None:

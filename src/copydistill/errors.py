@@ -27,6 +27,14 @@ class EmptyImageFileError(ImageError):
     kind = "empty file"
 
 
+class UnreadableFileError(ImageError):
+    kind = "unreadable file"
+
+
+class UnreadableFolderError(ImageError):
+    kind = "unreadable folder"
+
+
 class NotAnImageError(ImageError):
     kind = "not an image"
 

@@ -24,6 +24,7 @@ from copydistill.data.disc import ImageRecord
 from copydistill.errors import CopydistillError, ImageError
 from copydistill.io.atomic import atomic_write, atomic_write_text, ensure_dir
 from copydistill.io.images import load_image
+from copydistill.io.skiplist import write_skip_list
 from copydistill.models.descriptor import Descriptor
 
 OnError = Literal["skip", "fail"]
@@ -147,7 +148,8 @@ def embed_part(
                 ids=np.array(part.embeddings.ids, dtype=str),
                 vectors=part.embeddings.vectors,
                 paths=np.array(part.embeddings.paths, dtype=str),
-                skipped=np.array([f"{p}\t{e}" for p, e in skipped], dtype=str),
+                skipped_paths=np.array([p for p, _ in skipped], dtype=str),
+                skipped_reasons=np.array([e for _, e in skipped], dtype=str),
             )
     return part
 
@@ -155,7 +157,8 @@ def embed_part(
 def load_part(path: Path) -> Part:
     embeddings = Embeddings.load(path)
     with np.load(path, allow_pickle=False) as data:
-        skipped = [tuple(s.split("\t", 1)) for s in data.get("skipped", [])]
+        skipped = [(str(p), str(r)) for p, r in
+                   zip(data.get("skipped_paths", []), data.get("skipped_reasons", []), strict=True)]
     return Part(embeddings, skipped)  # type: ignore[arg-type]
 
 
@@ -226,10 +229,6 @@ def _file_key(path: Path) -> str:
         return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
     except OSError:
         return str(path)
-
-
-def write_skip_list(path: Path, skipped: list[tuple[str, str]]) -> None:
-    atomic_write_text(path, "".join(f"{p}\t{e}\n" for p, e in skipped))
 
 
 def load_finished(out: Path, meta: dict) -> Embeddings | None:

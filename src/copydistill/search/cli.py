@@ -31,7 +31,8 @@ def _model_options(p: argparse.ArgumentParser, required: bool, help_text: str) -
 
 def _on_error(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-error", choices=("skip", "fail"), default="skip",
-                   help="undecodable images: skip them (listed) or stop")
+                   help="images that cannot be used (unreadable, undecodable, too large): "
+                        "skip them (listed) or stop")
 
 
 def _output_options(p: argparse.ArgumentParser, gallery: str) -> None:
@@ -191,10 +192,15 @@ def _csv(rows: list[list]) -> str:
     return buffer.getvalue()
 
 
+def _one_line(text: str) -> str:
+    """A file name as one line: tabs and line breaks shown as \\t, \\n, \\r."""
+    return text.translate({9: "\\t", 10: "\\n", 13: "\\r"})
+
+
 def _skipped_note(skipped: dict[str, str], where: str) -> None:
     if skipped:
-        _warn(f"{len(skipped)} undecodable {where} file(s) skipped: "
-              + "; ".join(f"{p} ({r})" for p, r in list(skipped.items())[:3])
+        _warn(f"{len(skipped)} {where}file(s) skipped: "
+              + "; ".join(f"{_one_line(p)} ({r})" for p, r in list(skipped.items())[:3])
               + (" ..." if len(skipped) > 3 else ""))
 
 
@@ -219,7 +225,7 @@ def cmd_index_build(args) -> None:
           f"({result.index.info.factory}, {descriptor.dims} dims, model {result.index.info.spec}) "
           f"in {result.seconds:.1f} s")
     if result.skipped:
-        print(f"{len(result.skipped)} undecodable file(s) skipped; listed in {args.out / SKIPPED_FILE}")
+        print(f"{len(result.skipped)} file(s) skipped; listed with the reason in {args.out / SKIPPED_FILE}")
 
 
 def cmd_index_add(args) -> None:
@@ -234,7 +240,7 @@ def cmd_index_add(args) -> None:
     already = f"; {result.already_indexed} already indexed" if result.already_indexed else ""
     print(f"added {result.added} references{already}; the index now holds {len(result.index)}")
     if result.skipped:
-        print(f"{len(result.skipped)} undecodable file(s) skipped; listed in {args.index / SKIPPED_FILE}")
+        print(f"{len(result.skipped)} file(s) skipped; listed with the reason in {args.index / SKIPPED_FILE}")
 
 
 def format_search(result, fmt: str, threshold) -> str:
@@ -283,7 +289,7 @@ def cmd_index_search(args) -> None:
         _warn(threshold.warning)
     result = search_index(ref_index, descriptor, args.queries, k=args.k, threshold=threshold.value,
                           nprobe=args.nprobe, on_error=args.on_error, progress=not args.quiet)
-    _skipped_note(result.skipped, "query")
+    _skipped_note(result.skipped, "query ")
     fmt = "json" if args.json else "csv" if args.csv else "table"
     if threshold.value is not None and fmt != "table":
         _note(f"only matches with score >= {threshold.value:.4f} are listed ({threshold.source})")

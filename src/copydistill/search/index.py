@@ -7,7 +7,7 @@ An index folder holds::
     index-NNNN.faiss      the FAISS index (inner product of L2-normalised descriptors = cosine)
     ids-NNNN.npz          ``ids`` (path relative to the folder it was added from) and ``paths``
                           (absolute), row i of the FAISS index = ids[i]
-    skipped.tsv           undecodable reference files, ``path<TAB>reason``
+    skipped.tsv           reference files (and folders) that could not be used: path, reason
     embed-cache/RUN/      only while a build/add runs: its resumable embedding chunks (one
                           folder per set of images, so two runs never share chunks)
     .copydistill.lock     the writer lock: one build/add at a time, a second one waits
@@ -34,12 +34,14 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from copydistill.data.disc import ImageRecord
+from copydistill.data.disc import ImageRecord, folder_records, no_images_error
 from copydistill.errors import CopydistillError
 from copydistill.eval.embed import CHUNK, Embeddings, OnError, cache_meta, embed_records
 from copydistill.io.atomic import atomic_write, atomic_write_bytes, atomic_write_text
 from copydistill.io.lock import folder_lock
-from copydistill.io.images import IMAGE_EXTENSIONS, list_images
+from copydistill.io.images import list_images
+from copydistill.io.skiplist import read_skip_list
+from copydistill.io.skiplist import write_skip_list as write_rows
 from copydistill.models.descriptor import Descriptor
 
 FORMAT = "copydistill-index/1"
@@ -92,30 +94,8 @@ def describe_model(spec: str, fingerprint: dict) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def folder_records(folder: str | Path) -> list[ImageRecord]:
-    """Images under ``folder`` (recursive); id = path relative to the folder (stems may collide)."""
-    folder = Path(folder)
-    root = folder.resolve()
-    return [ImageRecord(p.relative_to(folder).as_posix(), root / p.relative_to(folder))
-            for p in list_images(folder)]
-
-
-def no_images_error(folder: Path) -> CopydistillError:
-    return CopydistillError(
-        f"{folder}: no images found (searched recursively for "
-        f"{', '.join(sorted(IMAGE_EXTENSIONS))}). Pass the folder that holds your images."
-    )
-
-
-def read_skip_list(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        return {}
-    rows = (line.split("\t", 1) for line in path.read_text().splitlines() if line.strip())
-    return {row[0]: (row[1] if len(row) > 1 else "") for row in rows}
-
-
 def write_skip_list(path: Path, skipped: dict[str, str]) -> None:
-    atomic_write_text(path, "".join(f"{p}\t{r}\n" for p, r in sorted(skipped.items())))
+    write_rows(path, sorted(skipped.items()))
 
 
 def _embed(
@@ -622,6 +602,14 @@ class SearchResult:
         return sorted(with_matches, key=lambda q: -q.best) + without
 
 
+def _stat_error(path: Path) -> str:
+    try:
+        path.stat()
+    except OSError as err:
+        return err.strerror or str(err)
+    return "cannot be followed"
+
+
 def query_records(queries: list[str | Path]) -> list[ImageRecord]:
     """Files as given and images under folders (recursive); the id is the path as typed/found."""
     records: list[ImageRecord] = []
@@ -633,6 +621,9 @@ def query_records(queries: list[str | Path]) -> list[ImageRecord]:
                 raise no_images_error(item)
         elif item.is_file():
             found = [item]
+        elif os.path.lexists(item):
+            raise CopydistillError(f"{item}: a symbolic link that loops or points to nothing "
+                                   f"({_stat_error(item)}); pass the real file or folder")
         else:
             raise CopydistillError(f"{item}: query file or folder not found")
         for path in found:
@@ -645,7 +636,7 @@ def query_records(queries: list[str | Path]) -> list[ImageRecord]:
 def embed_queries(
     descriptor: Descriptor, records: list[ImageRecord], on_error: OnError = "skip", progress: bool = True
 ) -> tuple[Embeddings, dict[str, str]]:
-    """Embed query images (not cached); undecodable ones are returned as a skip list."""
+    """Embed query images (not cached); unusable ones are returned as a skip list."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="copydistill-queries-") as tmp:
