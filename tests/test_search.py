@@ -143,7 +143,6 @@ class InterruptingPHash(PHashDescriptor):
 
 def test_interrupted_build_resumes(refs, phash_index, tmp_path, monkeypatch):
     monkeypatch.setattr(embed_module, "CHUNK", 8)
-    monkeypatch.setattr(index_module, "CHUNK", 8)
     out = tmp_path / "index"
     with pytest.raises(KeyboardInterrupt):
         build_index(refs, InterruptingPHash(interrupt_on=2), out, spec="phash", progress=False)

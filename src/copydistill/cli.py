@@ -160,13 +160,17 @@ def _embedder(args):
 
 def _cmd_embed(args) -> None:
     from copydistill.data.disc import folder_records, isc_image_names, no_images_error
-    from copydistill.eval.embed import Embeddings
+    from copydistill.eval.embed import Embeddings, resumable
 
     records = folder_records(args.images)  # ids: paths relative to --images, as index and dedup
     if not records:
         raise no_images_error(args.images)
     embed = _embedder(args)
     descriptor = _load(args, args.model)
+    done = resumable(args.out, descriptor, records)
+    if done:
+        print(f"copydistill: resuming an interrupted run: {done} of {len(records)} images were "
+              "already embedded", file=sys.stderr)
     result = embed(descriptor, records, args.out, on_error=args.on_error)
     if result is None:  # a helper rank of a distributed run: rank 0 reports
         return

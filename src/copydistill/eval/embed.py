@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from copydistill.io.skiplist import write_skip_list
 from copydistill.models.descriptor import Descriptor
 
 OnError = Literal["skip", "fail"]
-CHUNK = 256
+CHUNK = 64  # images per part file: what a kill -9 can lose (and the resume granularity)
 
 
 @dataclass
@@ -118,14 +119,21 @@ def embed_part(
     out: Path | None,
     on_error: OnError,
     pool: ThreadPoolExecutor,
+    advance: Callable[[int], object] | None = None,
 ) -> Part:
     """The chunk of ``records`` starting at ``start``: read from its part file in ``out`` when a
-    previous run wrote it, else embedded (decoding on ``pool``) and written there atomically."""
+    previous run wrote it, else embedded (decoding on ``pool``) and written there atomically.
+    ``advance(n)`` is called as images are done (per decoded image), for a progress bar."""
+    advance = advance or (lambda n: None)
     path = part_path(out, start) if out is not None else None
-    if path is not None and path.exists():
-        return load_part(path)
     chunk = records[start : start + CHUNK]
-    decoded = list(pool.map(lambda r: _decode(descriptor, r), chunk))
+    if path is not None and path.exists():
+        advance(len(chunk))
+        return load_part(path)
+    decoded = []
+    for item in pool.map(lambda r: _decode(descriptor, r), chunk):
+        decoded.append(item)
+        advance(1)
     keep = []
     skipped = []
     for record, (pixels, error) in zip(chunk, decoded, strict=True):
@@ -210,8 +218,7 @@ def embed_records(
     bar = tqdm(total=len(records), desc=desc, unit="img", disable=not progress, leave=False)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for start in chunk_starts(len(records)):
-            parts.append(embed_part(descriptor, records, start, out, on_error, pool))
-            bar.update(min(CHUNK, len(records) - start))
+            parts.append(embed_part(descriptor, records, start, out, on_error, pool, bar.update))
     bar.close()
     return assemble_parts(parts, descriptor.dims, out)
 
@@ -219,8 +226,20 @@ def embed_records(
 def cache_meta(descriptor: Descriptor, records: list[ImageRecord]) -> dict:
     """What a cache folder must match to be reused: the model and the exact files (same ids
     over other files are not reused)."""
-    return {"fingerprint": descriptor.fingerprint(), "ids": [r.id for r in records],
+    return {"fingerprint": descriptor.fingerprint(), "chunk": CHUNK, "ids": [r.id for r in records],
             "files": [_file_key(r.path) for r in records]}
+
+
+def resumable(out: Path, descriptor: Descriptor, records: list[ImageRecord]) -> int:
+    """How many images an interrupted run already embedded into ``out`` (0 if none match)."""
+    try:
+        stored = json.loads((out / "meta.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return 0
+    if stored != cache_meta(descriptor, records) or (out / "embeddings.npz").is_file():
+        return 0
+    return sum(min(CHUNK, len(records) - s) for s in chunk_starts(len(records))
+               if part_path(out, s).is_file())
 
 
 def _file_key(path: Path) -> str:

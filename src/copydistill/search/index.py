@@ -36,7 +36,7 @@ import numpy as np
 
 from copydistill.data.disc import ImageRecord, folder_records, no_images_error
 from copydistill.errors import CopydistillError
-from copydistill.eval.embed import CHUNK, Embeddings, OnError, cache_meta, embed_records
+from copydistill.eval.embed import Embeddings, OnError, embed_records, resumable
 from copydistill.io.atomic import atomic_write, atomic_write_bytes, atomic_write_text
 from copydistill.io.lock import folder_lock
 from copydistill.io.images import list_images
@@ -111,7 +111,7 @@ def _embed(
     The cache is keyed by absolute paths, so a different folder never reuses stale chunks.
     """
     by_path = [ImageRecord(str(r.path), r.path) for r in records]
-    resumed = _resumable(cache, descriptor, by_path)
+    resumed = resumable(cache, descriptor, by_path)
     embeddings = embed_records(descriptor, by_path, cache, on_error=on_error, desc=desc,
                                progress=progress)
     return embeddings, read_skip_list(cache / "skipped.tsv"), resumed
@@ -128,18 +128,6 @@ def drop_cache(cache: Path) -> None:
     shutil.rmtree(cache, ignore_errors=True)
     with contextlib.suppress(OSError):
         cache.parent.rmdir()
-
-
-def _resumable(cache: Path, descriptor: Descriptor, records: list[ImageRecord]) -> int:
-    """How many images an interrupted run already embedded into ``cache`` (0 if none match)."""
-    meta = cache / "meta.json"
-    try:
-        stored = json.loads(meta.read_text())
-    except (OSError, json.JSONDecodeError):
-        return 0
-    if stored != cache_meta(descriptor, records):
-        return 0
-    return min(len(records), CHUNK * len(list(cache.glob("part-*.npz"))))
 
 
 # --------------------------------------------------------------------------------------------
