@@ -8,6 +8,7 @@ that need a second process (two writers at once, ``kill -9``) run the CLI as a s
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from copydistill.io.lock import folder_lock
 from copydistill.search.index import load_index
 
 SRC = str(Path(copydistill.__file__).resolve().parents[1])
+PROGRESS_BAR = re.compile(r"\d+%\|.*\| *\d+/\d+ \[")  # tqdm's (its \r reads back as a line break)
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -39,7 +41,7 @@ def run(capsys, *argv) -> tuple[int, str, str]:
 def refused(capsys, *argv, match: str | None = None) -> str:
     """Run ``argv``; assert exit code 2 and one ``copydistill`` error line; return that line."""
     code, out, err = run(capsys, *argv)
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = [line for line in err.splitlines() if line.strip() and not PROGRESS_BAR.search(line)]
     assert code == 2, (argv, code, out, err)
     assert "Traceback" not in err and "Traceback" not in out, err
     assert len(lines) == 1 and lines[0].startswith("copydistill"), err
@@ -268,3 +270,342 @@ def test_resume_from_bad_files_names_the_file(bench, tmp_path, capsys):
                    f"out_dir={tmp_path / 'run'}", "--resume", good / "checkpoints" / "last.ckpt",
                    match="differs")
     assert "dims" in line
+
+
+# --------------------------------------------------------------------------------------------
+# kill -9 during embed: the next run resumes and the output is identical
+# --------------------------------------------------------------------------------------------
+
+SLOW_RUNNER = """
+import sys, time
+from copydistill.models.phash import PHashDescriptor
+embed_pixels = PHashDescriptor.embed_pixels
+def slow(self, pixels):  # pHash made slow enough (1 s per 64-image part) for the kill to land
+    time.sleep(1.0)
+    return embed_pixels(self, pixels)
+PHashDescriptor.embed_pixels = slow
+from copydistill.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="session")
+def many_images(bench, tmp_path_factory) -> Path:
+    """150 images (the tiny benchmark's 90, and 60 of them again under other names)."""
+    folder = tmp_path_factory.mktemp("many") / "images"
+    folder.mkdir()
+    sources = sorted(p for p in (bench / "images").rglob("*.jpg"))
+    for i in range(150):
+        shutil.copy(sources[i % len(sources)], folder / f"img{i:03d}.jpg")
+    return folder
+
+
+def test_kill_9_during_embed_resumes_with_identical_output(many_images, tmp_path, capsys):
+    script = tmp_path / "slow_cli.py"
+    script.write_text(SLOW_RUNNER)
+    out = tmp_path / "killed"
+    env = os.environ | {"PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1"}
+    argv = [sys.executable, str(script), "embed", "--model", "phash", "--images", str(many_images),
+            "--out", str(out)]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("part-*.npz")):  # the first 64 images are saved
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "embeddings.npz").exists()
+    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "resuming an interrupted run: 64 of 150" in again.stderr
+    code, _, err = run(capsys, "embed", "--model", "phash", "--images", many_images,
+                       "--out", tmp_path / "straight")
+    assert code == 0, err
+    with np.load(out / "embeddings.npz") as a, np.load(tmp_path / "straight" / "embeddings.npz") as b:
+        assert list(a["ids"]) == list(b["ids"]) and len(a["ids"]) == 150
+        np.testing.assert_array_equal(a["vectors"], b["vectors"])
+        assert [Path(p).name for p in a["paths"]] == [Path(p).name for p in b["paths"]]
+    assert not list(out.glob("part-*.npz"))
+
+
+# --------------------------------------------------------------------------------------------
+# memory guard on the resized size
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_thin_strip_is_skipped_not_blown_up(tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "strip"
+    folder.mkdir()
+    Image.new("RGB", (200, 1)).save(folder / "strip.png", optimize=True)
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(folder / "normal.png")
+    assert (folder / "strip.png").stat().st_size < 100
+    start = time.monotonic()
+    code, out, err = run(capsys, "embed", "--model", "resnet18:dims=8", "--images", folder,
+                         "--out", tmp_path / "E")
+    assert code == 0, err
+    assert time.monotonic() - start < 30  # 57600x288 through a ResNet would take minutes
+    assert "1 images embedded" in out and "1 file(s) or folder(s) skipped" in out
+    line = (tmp_path / "E" / "skipped.tsv").read_text()
+    assert "strip.png" in line and "too large once resized" in line and "200:1" in line
+    refused(capsys, "embed", "--model", "phash", "--images", folder, "--out", tmp_path / "F",
+            "--resize", "square:99999", match="8192")
+    # under a square policy the same strip is fine
+    code, out, _ = run(capsys, "embed", "--model", "resnet18:dims=8", "--resize", "square:64",
+                       "--images", folder, "--out", tmp_path / "G")
+    assert code == 0 and "2 images embedded" in out
+
+
+# --------------------------------------------------------------------------------------------
+# damaged index folders, missing inputs
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[]", "not an object"),
+    ("{}", "format"),
+    ("not json", "unreadable index description"),
+    ("DROP_DIMS", "fingerprint.dims"),
+])
+@pytest.mark.parametrize("command", ["info", "search", "add"])
+def test_a_damaged_model_json(bench, built, capsys, content, message, command):
+    import json
+
+    meta = built / "model.json"
+    if content == "DROP_DIMS":
+        payload = json.loads(meta.read_text())
+        del payload["fingerprint"]["dims"]
+        content = json.dumps(payload)
+    meta.write_text(content)
+    argv = {"info": ["index", "info", built],
+            "search": ["index", "search", built, bench / "images" / "dev_queries"],
+            "add": ["index", "add", built, bench / "images" / "train"]}[command]
+    refused(capsys, *argv, match=message)
+
+
+def test_missing_and_odd_inputs(bench, built, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refused(capsys, "embed", "--model", "phash", "--images", empty, "--out", tmp_path / "E",
+            match="no images found")
+    assert not (tmp_path / "E").exists()
+    refused(capsys, "index", "build", empty, "--model", "phash", "--out", tmp_path / "I2",
+            match="no images found")
+    refused(capsys, "dedup", empty, "--model", "phash", "--threshold", "0.9", match="no images found")
+    refused(capsys, "embed", "--model", "phash", "--images", tmp_path / "nope", "--out", tmp_path / "E",
+            match="not a folder")
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    refused(capsys, "index", "search", built, tmp_path / "loop1", match="symbolic link")
+    refused(capsys, "index", "search", built, tmp_path / "absent.jpg", match="not found")
+    refused(capsys, "index", "info", tmp_path / "no-index", match="not found")
+    refused(capsys, "index", "search", empty, bench / "images" / "dev_queries", match="not a copydistill index")
+    refused(capsys, "eval", "disc", "--data", empty, "--model", "phash", "--out", tmp_path / "D")
+    refused(capsys, "train", "--config", tmp_path / "missing.yaml", match="missing.yaml")
+    refused(capsys, "train", f"out_dir={tmp_path / 'T'}", match="train_images")
+
+
+# --------------------------------------------------------------------------------------------
+# OS errors: read-only, disk full, a file where a folder should be
+# --------------------------------------------------------------------------------------------
+
+
+def _fail_writes_under(monkeypatch, folder: Path, err: int, name_prefix: str = "") -> None:
+    """Make the filesystem refuse writes into ``folder`` (as a read-only mount or a full disk)."""
+    import errno as errno_module
+    import pathlib
+    import tempfile
+
+    real_mkdir, real_mkstemp, real_replace = pathlib.Path.mkdir, tempfile.mkstemp, os.replace
+    message = os.strerror(err)
+
+    def inside(path) -> bool:
+        return Path(path).resolve().is_relative_to(folder.resolve())
+
+    def mkdir(self, *args, **kwargs):
+        if inside(self) and not self.exists() and err == errno_module.EROFS:
+            raise OSError(err, message, str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and inside(dir) and err == errno_module.EROFS:
+            raise OSError(err, message, str(dir))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    def replace(src, dst):
+        if inside(dst) and Path(dst).name.startswith(name_prefix):
+            raise OSError(err, message, str(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def test_read_only_outputs(bench, tmp_path, capsys, monkeypatch):
+    import errno
+
+    ro = tmp_path / "ro"
+    _fail_writes_under(monkeypatch, ro, errno.EROFS)
+    images = bench / "images"
+    cases = [
+        ["embed", "--model", "phash", "--images", images / "train", "--out", ro / "E"],
+        ["dedup", images / "train", "--model", "phash", "--threshold", "0.9", "--cache", ro / "C"],
+        ["data", "make-benchmark", "--size", "tiny", "--out", ro / "B"],
+        ["eval", "disc", "--data", bench, "--model", "phash", "--out", ro / "D"],
+        ["index", "build", images / "references", "--model", "phash", "--out", ro / "I"],
+        ["index", "search", tmp_path / "x", images / "dev_queries", "--out", ro / "r.json"],
+    ]
+    for argv in cases:
+        line = refused(capsys, *argv)
+        assert "Read-only file system" in line or "not a copydistill index" in line or "not found" in line
+    assert not ro.exists()
+    line = refused(capsys, "embed", "--model", "phash", "--images", images / "train",
+                   "--out", bench / "benchmark.json")
+    assert "is a file" in line
+
+
+def test_disk_full_while_adding_keeps_the_index(bench, built, capsys, monkeypatch):
+    import errno
+
+    before = load_index(built)
+    _fail_writes_under(monkeypatch, built, errno.ENOSPC, name_prefix="index-")
+    line = refused(capsys, "index", "add", built, bench / "images" / "train", "--quiet",
+                   match="No space left on device")
+    assert "index-0002.faiss" in line and "writable --out" not in line
+    monkeypatch.undo()
+    after = load_index(built)  # the previous generation, complete
+    assert len(after) == len(before) and after.info.generation == 1
+    assert not list(built.glob("index-0002*")) and not list(built.glob(".*.tmp"))
+    code, out, err = run(capsys, "index", "add", built, bench / "images" / "train", "--quiet")
+    assert code == 0 and len(load_index(built)) == len(before) + 40, err
+
+
+def test_disk_full_while_embedding(bench, tmp_path, capsys, monkeypatch):
+    import errno
+
+    out = tmp_path / "E"
+    _fail_writes_under(monkeypatch, out, errno.ENOSPC, name_prefix="embeddings")
+    line = refused(capsys, "embed", "--model", "phash", "--images", bench / "images" / "train",
+                   "--out", out, match="No space left on device")
+    assert "embeddings.npz" in line
+    assert not (out / "embeddings.npz").exists() and not list(out.glob(".*.tmp"))
+
+
+# --------------------------------------------------------------------------------------------
+# skip lists, unreadable files and folders, one id rule
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def messy(bench, tmp_path) -> Path:
+    """Good images in two sub-folders with the same names, corrupt files named with a tab and a
+    newline, and a sub-folder ``secret`` that cannot be listed (simulated: tests may run as root)."""
+    folder = tmp_path / "messy"
+    train = sorted((bench / "images" / "train").glob("*.jpg"))
+    for sub, source in (("2024", train[0]), ("2025", train[1])):
+        (folder / sub).mkdir(parents=True)
+        shutil.copy(source, folder / sub / "IMG_0001.jpg")
+    shutil.copy(train[2], folder / "2025" / "IMG_0002.bmp")
+    (folder / "secret").mkdir()
+    shutil.copy(train[3], folder / "secret" / "hidden.jpg")
+    (folder / "bad\tname.jpg").write_bytes(b"not a jpeg")
+    (folder / "bad\nname.jpg").write_bytes(b"not a jpeg either")
+    return folder
+
+
+@pytest.fixture
+def unlistable(messy, monkeypatch):
+    import errno
+
+    real = os.scandir
+
+    def scandir(path="."):
+        if not isinstance(path, int) and Path(path).name == "secret":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(os, "listdir", lambda path=".": list(scandir(path)))
+    return messy
+
+
+def _skip_rows(path: Path) -> dict[str, str]:
+    import csv
+
+    with open(path, newline="") as handle:
+        return {row[0]: row[1] for row in csv.reader(handle, delimiter="\t")}
+
+
+def test_skip_lists_name_real_files_and_unreadable_folders(unlistable, tmp_path, capsys):
+    messy = unlistable
+    expected = {"bad\tname.jpg": "not an image", "bad\nname.jpg": "not an image",
+                "secret": "unreadable folder"}
+    code, out, err = run(capsys, "embed", "--model", "phash", "--images", messy, "--out", tmp_path / "E")
+    assert code == 0, err
+    assert "3 images embedded" in out and "3 file(s) or folder(s) skipped" in out
+    code, out, err = run(capsys, "index", "build", messy, "--model", "phash", "--out", tmp_path / "I",
+                         "--quiet")
+    assert code == 0 and "3 file(s) skipped" in out, err
+    code, out, err = run(capsys, "dedup", messy, "--model", "phash", "--threshold", "0.99", "--json",
+                         "--quiet", "--cache", tmp_path / "C")
+    assert code == 0, err
+    import json
+
+    dedup_skipped = {s["path"]: s["reason"] for s in json.loads(out)["skipped"]}
+    for rows in (_skip_rows(tmp_path / "E" / "skipped.tsv"), _skip_rows(tmp_path / "I" / "skipped.tsv"),
+                 dedup_skipped):
+        assert len(rows) == 3
+        for path, reason in rows.items():
+            assert Path(path).exists()  # every row names a real file or folder
+            name = Path(path).name
+            assert reason.startswith(expected[name]) and "truncated" not in reason
+    assert "\n" not in err.strip()  # the dedup warning stays on one line
+
+
+def test_one_id_rule_for_embed_index_and_dedup(messy, tmp_path, capsys):
+    ids = {"2024/IMG_0001.jpg", "2025/IMG_0001.jpg", "2025/IMG_0002.bmp", "secret/hidden.jpg"}
+    code, _, err = run(capsys, "embed", "--model", "phash", "--images", messy, "--out", tmp_path / "E")
+    assert code == 0, err
+    with np.load(tmp_path / "E" / "embeddings.npz") as data:
+        assert set(data["ids"]) == ids
+    code, _, err = run(capsys, "index", "build", messy, "--model", "phash", "--out", tmp_path / "I",
+                       "--quiet")
+    assert code == 0, err
+    assert set(load_index(tmp_path / "I").ids) == ids
+    code, _, err = run(capsys, "embed", "--model", "phash", "--images", messy, "--out", tmp_path / "H",
+                       "--hdf5", tmp_path / "d.hdf5")
+    assert code == 0, err
+
+
+def test_unreadable_file_is_not_called_corrupt(messy, tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    from copydistill.errors import UnreadableFileError
+    from copydistill.io.images import load_image
+
+    target = messy / "2024" / "IMG_0001.jpg"
+    real_open = builtins.open
+
+    def fake_open(path, *args, **kwargs):
+        if Path(str(path)) == target:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    with pytest.raises(UnreadableFileError, match="Permission denied") as info:
+        load_image(target)
+    assert "corrupt" not in str(info.value)
+
+
+def test_export_files_are_not_owner_only(tmp_path, capsys):
+    import stat
+
+    from copydistill.io.atomic import FILE_MODE
+
+    code, _, err = run(capsys, "export", "--model", "resnet18:dims=8", "--format", "torchscript",
+                       "--out", tmp_path / "m.pt", "--resize", "square:32")
+    assert code == 0, err
+    assert stat.S_IMODE((tmp_path / "m.pt").stat().st_mode) == FILE_MODE

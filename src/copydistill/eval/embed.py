@@ -215,11 +215,10 @@ def embed_records(
             return final
         start_cache(out, meta)
     parts: list[Part] = []
-    bar = tqdm(total=len(records), desc=desc, unit="img", disable=not progress, leave=False)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with (tqdm(total=len(records), desc=desc, unit="img", disable=not progress, leave=False) as bar,
+          ThreadPoolExecutor(max_workers=workers) as pool):  # the bar is cleared even on an error
         for start in chunk_starts(len(records)):
             parts.append(embed_part(descriptor, records, start, out, on_error, pool, bar.update))
-    bar.close()
     return assemble_parts(parts, descriptor.dims, out)
 
 
