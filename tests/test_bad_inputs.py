@@ -404,6 +404,19 @@ def test_missing_and_odd_inputs(bench, built, tmp_path, capsys):
     refused(capsys, "eval", "disc", "--data", empty, "--model", "phash", "--out", tmp_path / "D")
     refused(capsys, "train", "--config", tmp_path / "missing.yaml", match="missing.yaml")
     refused(capsys, "train", f"out_dir={tmp_path / 'T'}", match="train_images")
+    refused(capsys, "augment", "preview", "--images", empty, "--out", tmp_path / "p.png",
+            match="no images found")
+    refused(capsys, "eval", "disc", "--data", bench, "--model", "phash", "--model", "phash",
+            "--out", tmp_path / "D2", match="given twice")
+    refused(capsys, "index", "build", bench / "images" / "references", "--model", "phash",
+            "--out", built, match="already holds an index")
+    refused(capsys, "index", "build", bench / "images" / "references", "--model", "phash",
+            "--out", bench / "images" / "references" / "inside", match="inside the reference folder")
+    refused(capsys, "index", "add", built, bench / "images" / "train", "--model", "resnet18",
+            match="not comparable")
+    refused(capsys, "index", "build", bench / "images" / "references", "--model", "phash",
+            "--out", tmp_path / "I3", "--index-factory", "Bogus", match="not a FAISS factory")
+    assert not (tmp_path / "I3" / "model.json").exists()
 
 
 # --------------------------------------------------------------------------------------------

@@ -100,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     pv.add_argument("--setting", choices=("SIMCLR", "STRONG_BLUR", "ADVANCED"), default="ADVANCED")
     pv.add_argument("--images", type=Path, default=None, help="folder of images (default: package photos)")
     pv.add_argument("--out", type=Path, required=True)
-    pv.add_argument("--size", type=argtypes.positive, default=224)
+    pv.add_argument("--size", type=argtypes.integer(16, 4096), default=224)
     pv.add_argument("--count", type=argtypes.positive, default=6, help="images (rows)")
     pv.add_argument("--views", type=argtypes.positive, default=7, help="views per image (columns)")
     pv.add_argument("--seed", type=argtypes.seed, default=0)
@@ -194,6 +194,9 @@ def _cmd_eval_disc(args) -> None:
     from copydistill.eval.disc import evaluate_disc, format_table
     from copydistill.eval.report import write_report
 
+    repeated = sorted({spec for spec in args.model if args.model.count(spec) > 1})
+    if repeated:
+        raise CopydistillError(f"--model {repeated[0]} is given twice; each model is evaluated once")
     layout = DiscLayout.find(args.data, args.queries, args.references, args.train, args.ground_truth)
     embed = _embedder(args)
     results = []
