@@ -24,7 +24,6 @@ from copydistill.io.lock import LOCK_FILE
 from copydistill.models import load_descriptor
 from copydistill.models.phash import PHashDescriptor
 from copydistill.search import calibrate as calibrate_module
-from copydistill.search import index as index_module
 from copydistill.search.calibrate import (
     DEFAULT_THRESHOLD,
     Calibration,
