@@ -544,6 +544,13 @@ def unlistable(messy, monkeypatch):
     return messy
 
 
+def test_an_unlistable_folder_given_itself_is_refused(unlistable, capsys):
+    refused(capsys, "embed", "--model", "phash", "--images", unlistable / "secret", "--out",
+            unlistable.parent / "E", match="cannot list the folder (Permission denied)")
+    refused(capsys, "index", "build", unlistable / "secret", "--model", "phash", "--out",
+            unlistable.parent / "I", match="cannot list the folder")
+
+
 def _skip_rows(path: Path) -> dict[str, str]:
     import csv
 

@@ -68,6 +68,9 @@ def scan_images(folder: str | Path, recursive: bool = True) -> tuple[list[Path],
             path = Path(top) / name
             if not name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
                 found.append(path)
+    for path, reason in unreadable:
+        if path == folder:
+            raise DataLayoutError(f"{folder}: cannot list the folder ({reason}); check its permissions")
     return sorted(found), sorted(unreadable)
 
 
