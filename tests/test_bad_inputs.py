@@ -108,6 +108,23 @@ def test_two_concurrent_adds_keep_both_folders(bench, built, tmp_path):
     assert not (built / "embed-cache").exists()
 
 
+def test_a_second_embed_into_the_same_folder_waits(bench, tmp_path):
+    out = tmp_path / "E"
+    log = tmp_path / "embed.err"
+    with folder_lock(out):
+        with open(log, "w") as handle:
+            proc = cli_process("embed", "--model", "phash", "--images", bench / "images" / "train",
+                               "--out", out, stderr=handle)
+        deadline = time.monotonic() + 120
+        while "waiting" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        assert not (out / "embeddings.npz").exists()
+    assert proc.wait(timeout=120) == 0, log.read_text()
+    with np.load(out / "embeddings.npz") as data:
+        assert len(data["ids"]) == 40
+
+
 # --------------------------------------------------------------------------------------------
 # numbers and policies: refused at parse time, before any model is loaded
 # --------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from copydistill.data.disc import ImageRecord
 from copydistill.errors import CopydistillError, ImageError
 from copydistill.io.atomic import atomic_write, atomic_write_text, ensure_dir
 from copydistill.io.images import load_image
+from copydistill.io.lock import folder_lock
 from copydistill.io.skiplist import write_skip_list
 from copydistill.models.descriptor import Descriptor
 
@@ -208,12 +209,20 @@ def embed_records(
     version is ``copydistill.eval.distributed_embed.embed_records_distributed``.
     """
     out = Path(out_dir) if out_dir else None
-    if out is not None:
+    if out is None:
+        return _embed_into(descriptor, records, None, on_error, desc, progress, workers)
+    ensure_dir(out, "output folder")
+    with folder_lock(out, "output folder"):  # one writer per folder: a second run waits
         meta = cache_meta(descriptor, records)
         final = load_finished(out, meta)
         if final is not None:
             return final
         start_cache(out, meta)
+        return _embed_into(descriptor, records, out, on_error, desc, progress, workers)
+
+
+def _embed_into(descriptor, records, out, on_error, desc, progress, workers) -> Embeddings:
+    """The chunks of ``embed_records``, embedded (or read back) and assembled."""
     parts: list[Part] = []
     with (tqdm(total=len(records), desc=desc, unit="img", disable=not progress, leave=False) as bar,
           ThreadPoolExecutor(max_workers=workers) as pool):  # the bar is cleared even on an error
