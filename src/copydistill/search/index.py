@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -37,11 +38,11 @@ import numpy as np
 from copydistill.data.disc import ImageRecord, folder_records, no_images_error
 from copydistill.errors import CopydistillError
 from copydistill.eval.embed import Embeddings, OnError, embed_records, resumable
-from copydistill.io.atomic import atomic_write, atomic_write_bytes, atomic_write_text
+from copydistill.io.atomic import atomic_write, atomic_write_text
 from copydistill.io.lock import folder_lock
 from copydistill.io.images import list_images
+from copydistill.io import skiplist
 from copydistill.io.skiplist import read_skip_list
-from copydistill.io.skiplist import write_skip_list as write_rows
 from copydistill.models.descriptor import Descriptor
 
 FORMAT = "copydistill-index/1"
@@ -95,7 +96,7 @@ def describe_model(spec: str, fingerprint: dict) -> str:
 
 
 def write_skip_list(path: Path, skipped: dict[str, str]) -> None:
-    write_rows(path, sorted(skipped.items()))
+    skiplist.write_skip_list(path, sorted(skipped.items()))
 
 
 def _embed(
@@ -370,15 +371,28 @@ def load_index(root: str | Path) -> ReferenceIndex:
     return ReferenceIndex(root, info, index, ids, paths)
 
 
+def _write_faiss(index: faiss.Index, path: Path) -> None:
+    """``faiss.write_index`` to a temporary sibling renamed over ``path``: streamed (no copy in
+    memory), and a failed write (disk full, read-only) leaves no partial file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        faiss.write_index(index, str(tmp))
+        os.replace(tmp, path)
+    except (RuntimeError, OSError) as err:
+        tmp.unlink(missing_ok=True)
+        reason = _faiss_reason(err) if isinstance(err, RuntimeError) else err.strerror or str(err)
+        found = re.search(r"\(([^()]+)\)\s*$", reason)  # FAISS ends with the OS reason
+        raise CopydistillError(
+            f"cannot write {path}: {found.group(1) if found else reason}; free some space or check "
+            "the folder's permissions (the index is unchanged; nothing partial was kept)"
+        ) from err
+
+
 def _commit(root: Path, info: IndexInfo, index: faiss.Index, ids: list[str], paths: list[str]) -> IndexInfo:
     """Write the next generation of files, then switch model.json to it (the atomic step)."""
     generation = info.generation + 1
     index_file, ids_file = f"index-{generation:04d}.faiss", f"ids-{generation:04d}.npz"
-    try:
-        data = faiss.serialize_index(index)
-    except RuntimeError as err:
-        raise CopydistillError(f"cannot serialise the FAISS index: {_faiss_reason(err)}") from err
-    atomic_write_bytes(root / index_file, data.tobytes())  # a failed write leaves no partial file
+    _write_faiss(index, root / index_file)
     with atomic_write(root / ids_file, "wb") as handle:
         np.savez(handle, ids=np.array(ids, dtype=str), paths=np.array(paths, dtype=str))
     new = IndexInfo(**{**asdict(info), "generation": generation, "index_file": index_file,
