@@ -646,3 +646,11 @@ def test_export_files_are_not_owner_only(tmp_path, capsys):
                        "--out", tmp_path / "m.pt", "--resize", "square:32")
     assert code == 0, err
     assert stat.S_IMODE((tmp_path / "m.pt").stat().st_mode) == FILE_MODE
+
+
+def test_a_ground_truth_of_another_dataset_is_refused_before_embedding(bench, tmp_path, capsys):
+    gt = tmp_path / "gt.csv"
+    gt.write_text("query_id,reference_id\nQ99999,R999999\n")
+    refused(capsys, "eval", "disc", "--data", bench, "--model", "phash", "--out", tmp_path / "D",
+            "--ground-truth", gt, match="none of its 1 pairs")
+    assert not (tmp_path / "D" / "embeddings").exists()
