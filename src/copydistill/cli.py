@@ -287,6 +287,18 @@ COMMANDS = {
 SEARCH_COMMANDS: dict = {}  # filled by copydistill.search.cli.register: (command, sub) -> handler
 
 
+def _os_error(err: OSError) -> str:
+    """One line for an OSError: the path, what the system said and, where clear, the fix."""
+    import errno
+
+    hints = {errno.ENOSPC: "free some space or choose another location",
+             errno.EROFS: "choose a writable location", errno.EACCES: "check the permissions",
+             errno.EPERM: "check the permissions", errno.ENOENT: "check the path"}
+    where = f"{err.filename}: " if err.filename else ""
+    hint = f"; {hints[err.errno]}" if err.errno in hints else ""
+    return f"{where}{err.strerror or err}{hint}"
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
@@ -300,8 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"copydistill: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except OSError as err:  # the library turns the ones it expects into messages; this is the net
-        where = f"{err.filename}: " if err.filename else ""
-        print(f"copydistill: error: {where}{err.strerror or err}", file=sys.stderr)
+        print(f"copydistill: error: {_os_error(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("copydistill: interrupted; finished work is kept and the next run resumes from it",
