@@ -212,6 +212,9 @@ CONFIG_CASES = [
     ("devices=0,1", "devices"),
     ("workers=-2", "workers"),
     ("no_such_option=1", "unknown option"),
+    ("arch=resnet9000", "arch='resnet9000'"),
+    ("arch=timm/no_such_net", "timm has no such model"),
+    ("accelerator=quantum", "accelerator"),
 ]
 
 

@@ -158,7 +158,17 @@ def _check_ranges(config: TrainConfig) -> None:
 
 
 def _check_choices(config: TrainConfig) -> None:
+    from copydistill.models.backbones import TRUNKS
     from copydistill.models.descriptor import ResizePolicy
+
+    if config.arch not in TRUNKS and not config.arch.startswith("timm/"):
+        raise CopydistillError(f"arch={config.arch!r} is not known; use {', '.join(TRUNKS)} or "
+                               "timm/<any timm model>")
+    if config.arch.startswith("timm/"):
+        import timm
+
+        if not timm.is_model(config.arch.removeprefix("timm/")):
+            raise CopydistillError(f"arch={config.arch!r}: timm has no such model")
 
     bad = [f for f in config.export if f not in EXPORT_FORMATS]
     if bad:
