@@ -21,6 +21,7 @@ import pytest
 
 import copydistill
 from copydistill.cli import main
+from copydistill.io.images import list_images
 from copydistill.io.lock import folder_lock
 from copydistill.search.index import load_index
 
@@ -74,7 +75,7 @@ def built(bench, tmp_path, capsys) -> Path:
 
 
 def _image_names(folder: Path) -> set[str]:
-    return {p.name for p in folder.iterdir() if p.suffix == ".jpg"}
+    return {p.name for p in list_images(folder)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,7 +123,7 @@ def test_a_second_embed_into_the_same_folder_waits(bench, tmp_path):
         assert not (out / "embeddings.npz").exists()
     assert proc.wait(timeout=120) == 0, log.read_text()
     with np.load(out / "embeddings.npz") as data:
-        assert len(data["ids"]) == 40
+        assert len(data["ids"]) == len(list_images(bench / "images" / "train"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,9 +315,10 @@ def many_images(bench, tmp_path_factory) -> Path:
     """150 images (the tiny benchmark's 90, and 60 of them again under other names)."""
     folder = tmp_path_factory.mktemp("many") / "images"
     folder.mkdir()
-    sources = sorted(p for p in (bench / "images").rglob("*.jpg"))
+    sources = list_images(bench / "images")
     for i in range(150):
-        shutil.copy(sources[i % len(sources)], folder / f"img{i:03d}.jpg")
+        source = sources[i % len(sources)]
+        shutil.copy(source, folder / f"img{i:03d}{source.suffix}")
     return folder
 
 
@@ -512,7 +514,8 @@ def test_disk_full_while_adding_keeps_the_index(bench, built, capsys, monkeypatc
     assert len(after) == len(before) and after.info.generation == 1
     assert not list(built.glob("index-0002*")) and not list(built.glob(".*.tmp"))
     code, out, err = run(capsys, "index", "add", built, bench / "images" / "train", "--quiet")
-    assert code == 0 and len(load_index(built)) == len(before) + 40, err
+    added = len(list_images(bench / "images" / "train"))
+    assert code == 0 and len(load_index(built)) == len(before) + added, err
 
 
 def test_disk_full_while_embedding(bench, tmp_path, capsys, monkeypatch):
@@ -536,10 +539,10 @@ def messy(bench, tmp_path) -> Path:
     """Good images in two sub-folders with the same names, corrupt files named with a tab and a
     newline, and a sub-folder ``secret`` that cannot be listed (simulated: tests may run as root)."""
     folder = tmp_path / "messy"
-    train = sorted((bench / "images" / "train").glob("*.jpg"))
+    train = list_images(bench / "images" / "train")
     for sub, source in (("2024", train[0]), ("2025", train[1])):
         (folder / sub).mkdir(parents=True)
-        shutil.copy(source, folder / sub / "IMG_0001.jpg")
+        shutil.copy(source, folder / sub / "IMG_0001.jpg")  # the bytes decide, not the name
     shutil.copy(train[2], folder / "2025" / "IMG_0002.bmp")
     (folder / "secret").mkdir()
     shutil.copy(train[3], folder / "secret" / "hidden.jpg")
