@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from copydistill.cli import main
-from copydistill.data.disc import records_from_folder
+from copydistill.data.disc import folder_records, records_from_folder
 from copydistill.data.procedural import procedural_image
 from copydistill.errors import CopydistillError, ImageError
 from copydistill.eval import embed as embed_module
@@ -62,6 +62,13 @@ def reference(images, small_chunks, tmp_path):
     """The single-process result and its cache folder."""
     out = tmp_path / "single"
     return embed_records(_descriptor(), records_from_folder(images), out, progress=False), out
+
+
+@pytest.fixture
+def cli_reference(images, small_chunks, tmp_path):
+    """The single-process result for the ids ``copydistill embed`` uses (paths relative to the folder)."""
+    out = tmp_path / "single-cli"
+    return embed_records(_descriptor(), folder_records(images), out, progress=False), out
 
 
 def _assert_same(result: Embeddings, out, expected: Embeddings, expected_out) -> None:
@@ -162,7 +169,7 @@ def test_fail_mode_raises_the_typed_error_and_keeps_finished_parts(images, small
 
 @pytest.mark.parametrize(
     "options, message",
-    [(["--devices", "0"], "--devices 0"), (["--num-nodes", "0"], "--num-nodes 0")]
+    [(["--devices", "0"], "--devices: 0"), (["--num-nodes", "0"], "--num-nodes: 0")]
     + ([] if torch.cuda.is_available() else [(["--accelerator", "gpu"], "no CUDA GPU")]),
 )
 def test_bad_parallel_options_are_clear_errors(images, tmp_path, capsys, options, message):
@@ -184,8 +191,8 @@ def test_a_launcher_world_size_that_disagrees_with_the_options_is_an_error(image
 # --------------------------------------------------------------------------------------------
 
 
-def test_two_processes_match_embed_records(images, reference, tmp_path):
-    expected, expected_out = reference
+def test_two_processes_match_embed_records(images, cli_reference, tmp_path):
+    expected, expected_out = cli_reference
     out = tmp_path / "ddp"
     run = _embed_two_processes(images, out)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -214,17 +221,18 @@ def test_two_processes_evaluate_disc_as_one(tiny_benchmark, tmp_path, monkeypatc
 
 
 @pytest.mark.slow  # a second 2-process run (~25 s on 2 cores)
-def test_two_processes_reuse_the_parts_of_a_killed_run(images, reference, tmp_path):
+def test_two_processes_reuse_the_parts_of_a_killed_run(images, cli_reference, tmp_path):
     """Parts left by a killed run are read, not recomputed: made visible by negating them."""
-    expected, _ = reference
+    expected, _ = cli_reference
     out = tmp_path / "ddp"
-    _killed_run(records_from_folder(images), out)
+    _killed_run(folder_records(images), out)
     for name in ("part-000000000.npz", "part-000000004.npz"):  # rank 0's first chunk, rank 1's only
         part = embed_module.load_part(out / name)
         with embed_module.atomic_write(out / name, "wb") as handle:
             np.savez(handle, ids=np.array(part.embeddings.ids), vectors=-part.embeddings.vectors,
                      paths=np.array(part.embeddings.paths),
-                     skipped=np.array([f"{p}\t{e}" for p, e in part.skipped], dtype=str))
+                     skipped_paths=np.array([p for p, _ in part.skipped], dtype=str),
+                     skipped_reasons=np.array([e for _, e in part.skipped], dtype=str))
     run = _embed_two_processes(images, out)
     assert run.returncode == 0, run.stderr[-3000:]
     result = Embeddings.load(out / "embeddings.npz")

@@ -20,10 +20,10 @@ from copydistill.errors import CopydistillError
 from copydistill.eval import embed as embed_module
 from copydistill.eval.disc import evaluate_disc
 from copydistill.eval.metrics import Prediction, evaluate
+from copydistill.io.lock import LOCK_FILE
 from copydistill.models import load_descriptor
 from copydistill.models.phash import PHashDescriptor
 from copydistill.search import calibrate as calibrate_module
-from copydistill.search import index as index_module
 from copydistill.search.calibrate import (
     DEFAULT_THRESHOLD,
     Calibration,
@@ -142,12 +142,11 @@ class InterruptingPHash(PHashDescriptor):
 
 def test_interrupted_build_resumes(refs, phash_index, tmp_path, monkeypatch):
     monkeypatch.setattr(embed_module, "CHUNK", 8)
-    monkeypatch.setattr(index_module, "CHUNK", 8)
     out = tmp_path / "index"
     with pytest.raises(KeyboardInterrupt):
         build_index(refs, InterruptingPHash(interrupt_on=2), out, spec="phash", progress=False)
     assert not (out / MODEL_FILE).exists()
-    assert len(list((out / CACHE_DIR).glob("part-*.npz"))) == 1
+    assert len(list((out / CACHE_DIR).rglob("part-*.npz"))) == 1  # in this run's own folder
     with pytest.raises(CopydistillError, match="interrupted"):
         load_index(out)
 
@@ -182,8 +181,8 @@ def test_add_extends_and_never_touches_references(refs, tmp_path):
     assert set(result.skipped) == {str((second / "broken.jpg").resolve())}
     index = load_index(out)
     assert index.info.generation == 2 and index.info.count == 31
-    assert sorted(p.name for p in out.iterdir()) == ["ids-0002.npz", "index-0002.faiss", MODEL_FILE,
-                                                     SKIPPED_FILE]
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE, "ids-0002.npz", "index-0002.faiss",
+                                                     MODEL_FILE, SKIPPED_FILE]
     assert len(set(index.ids)) == 31 and f"nested/{images[0].name}" in index.ids
     assert "broken.jpg" in (out / SKIPPED_FILE).read_text()
 
@@ -244,7 +243,7 @@ def test_corrupt_files_go_to_the_skip_list(tmp_path, capsys):
     code, out, err = run(capsys, "index", "build", folder, "--model", "phash", "--out",
                          tmp_path / "index", "--quiet")
     assert code == 0, err
-    assert "indexed 3 references" in out and "2 undecodable" in out
+    assert "indexed 3 references" in out and "2 file(s) skipped" in out
     skipped = (tmp_path / "index" / SKIPPED_FILE).read_text().splitlines()
     assert sorted(Path(line.split("\t")[0]).name for line in skipped) == ["broken.jpg", "zero.png"]
     assert all(line.split("\t")[1] for line in skipped)
@@ -262,7 +261,7 @@ def test_unwritable_outputs_fail_early_and_lose_nothing(phash_index, refs, queri
     blocker = tmp_path / "a-file"
     blocker.write_text("I am a regular file")
     code, _, err = run(capsys, "index", "build", refs, "--model", "phash", "--out", blocker / "index")
-    assert code == 2 and "cannot create the index folder" in err and "writable" in err
+    assert code == 2 and "cannot create the folder" in err and "writable" in err
     code, _, err = run(capsys, "index", "search", phash_index, queries, "--json", "--out",
                        blocker / "r.json")
     assert code == 2 and "cannot write --out" in err
@@ -285,7 +284,7 @@ def test_bad_queries_and_factories(phash_index, refs, tmp_path, capsys):
     payload = json.loads(out)
     assert [s["path"] for s in payload["skipped"]] == [str(tmp_path / "q.jpg")]
     assert payload["queries"][0]["matches"][0]["reference"] == good.name
-    assert "1 undecodable" in err
+    assert "1 query file(s) skipped" in err
     code, _, err = run(capsys, "index", "search", tmp_path, good)
     assert code == 2 and "not a copydistill index" in err
 

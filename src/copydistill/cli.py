@@ -10,6 +10,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from copydistill import argtypes  # noqa: E402
 from copydistill.errors import CopydistillError  # noqa: E402
 
 
@@ -20,18 +21,19 @@ def _add_model_options(p: argparse.ArgumentParser, multiple: bool = False) -> No
                             "torchscript:PATH, resnet18, ... (see `copydistill models list`)")
     else:
         p.add_argument("--model", required=True, metavar="SPEC", help="model spec")
-    p.add_argument("--resize", default=None, metavar="POLICY",
+    p.add_argument("--resize", type=argtypes.resize_policy, default=None, metavar="POLICY",
                    help="short:288 (default, SSCD's protocol), square:288, long:800 or none")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime")
+    p.add_argument("--batch-size", type=argtypes.positive, default=None)
+    p.add_argument("--threads", type=argtypes.positive, default=None, help="CPU threads for ONNX Runtime")
     p.add_argument("--on-error", choices=("skip", "fail"), default="skip",
-                   help="undecodable images: skip them (listed in skipped.tsv) or stop")
+                   help="images that cannot be used (unreadable, undecodable, too large): skip them "
+                        "(listed in skipped.tsv) or stop")
 
 
 def _add_parallel_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--devices", type=int, default=1, metavar="N",
+    p.add_argument("--devices", type=argtypes.positive, default=1, metavar="N",
                    help="embedding processes per node (GPUs or CPU processes); >1 runs DDP")
-    p.add_argument("--num-nodes", type=int, default=1, metavar="M",
+    p.add_argument("--num-nodes", type=argtypes.positive, default=1, metavar="M",
                    help="nodes of a torchrun/SLURM job (--out on a filesystem all nodes share)")
     p.add_argument("--accelerator", choices=("cpu", "gpu", "auto"), default=None,
                    help="embed through Lightning on this accelerator (default: the single-process "
@@ -39,7 +41,7 @@ def _add_parallel_options(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = argtypes.Parser(
         prog="copydistill", description="Image copy detection: train, distill, evaluate, search."
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -47,14 +49,14 @@ def _parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     mb = data.add_parser("make-benchmark", help="write the embedded DISC21-layout benchmark")
     mb.add_argument("--size", choices=("tiny", "small", "medium"), default="small")
-    mb.add_argument("--seed", type=int, default=0)
+    mb.add_argument("--seed", type=argtypes.seed, default=0)
     mb.add_argument("--out", type=Path, required=True)
     mb.add_argument("--photos", type=Path, action="append", default=[],
                     help="extra folder of your own photos (repeatable)")
     mb.add_argument("--source", choices=("auto", "real", "procedural"), default="auto",
                     help="real: references/queries from the curated photos (`data photos`); "
                          "procedural: synthetic scenes (tests); auto: real when cached")
-    mb.add_argument("--workers", type=int, default=None)
+    mb.add_argument("--workers", type=argtypes.positive, default=None)
 
     ph = data.add_parser("photos", help="fetch and curate the real photos available offline (cached)")
     ph.add_argument("--out", type=Path, default=None, help="cache folder (default ~/.cache/copydistill/photos)")
@@ -78,9 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     disc.add_argument("--score-norm", choices=("sscd", "isc", "none"), default="sscd",
                       help="score normalisation against the train split (reported beside raw)")
     disc.add_argument("--codec", action="store_true", help="also evaluate PCAW{d},L2norm,Flat")
-    disc.add_argument("--codec-dims", type=int, default=None)
-    disc.add_argument("--k", type=int, default=10, help="results per query (kNN)")
-    disc.add_argument("--global-candidates", type=int, default=None, metavar="N",
+    disc.add_argument("--codec-dims", type=argtypes.positive, default=None)
+    disc.add_argument("--k", type=argtypes.positive, default=10, help="results per query (kNN)")
+    disc.add_argument("--global-candidates", type=argtypes.positive, default=None, metavar="N",
                       help="keep the N best pairs overall instead of k per query (ISC track 2)")
     for name in ("queries", "references", "train", "ground-truth"):
         disc.add_argument(f"--{name}", default=None, help=f"override the {name} path (relative to --data)")
@@ -92,8 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_model_options(cd)
     cd.add_argument("--distractors", type=Path, default=None, help="folder of distractor images (CD10K)")
     cd.add_argument("--whitening", type=Path, default=None, help="folder to train PCAW on")
-    cd.add_argument("--codec-dims", type=int, default=None)
-    cd.add_argument("--k", type=int, default=100)
+    cd.add_argument("--codec-dims", type=argtypes.positive, default=None)
+    cd.add_argument("--k", type=argtypes.positive, default=100)
     cd.add_argument("--out", type=Path, required=True)
 
     tr = sub.add_parser("train", help="train a student (SSCD baseline or distillation) from a recipe")
@@ -106,16 +108,17 @@ def _parser() -> argparse.ArgumentParser:
     pv.add_argument("--setting", choices=("SIMCLR", "STRONG_BLUR", "ADVANCED"), default="ADVANCED")
     pv.add_argument("--images", type=Path, default=None, help="folder of images (default: package photos)")
     pv.add_argument("--out", type=Path, required=True)
-    pv.add_argument("--size", type=int, default=224)
-    pv.add_argument("--count", type=int, default=6, help="images (rows)")
-    pv.add_argument("--views", type=int, default=7, help="views per image (columns)")
-    pv.add_argument("--seed", type=int, default=0)
+    pv.add_argument("--size", type=argtypes.integer(16, 4096), default=224)
+    pv.add_argument("--count", type=argtypes.positive, default=6, help="images (rows)")
+    pv.add_argument("--views", type=argtypes.positive, default=7, help="views per image (columns)")
+    pv.add_argument("--seed", type=argtypes.seed, default=0)
 
     ex = sub.add_parser("export", help="export a torch model as ONNX or TorchScript (uint8 RGB in)")
     ex.add_argument("--model", required=True, metavar="SPEC")
     ex.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
     ex.add_argument("--out", type=Path, required=True)
-    ex.add_argument("--resize", default=None, metavar="POLICY", help="resize policy stored in the file")
+    ex.add_argument("--resize", type=argtypes.resize_policy, default=None, metavar="POLICY",
+                    help="resize policy stored in the file")
 
     models = sub.add_parser("models", help="model registry").add_subparsers(dest="models_command", required=True)
     ml = models.add_parser("list", help="students and teachers with parameters and GFLOPs")
@@ -128,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     qs = sub.add_parser("quickstart", help="the one-command demo on the embedded benchmark")
     qs.add_argument("--out", type=Path, default=Path("runs/quickstart"))
     qs.add_argument("--size", choices=("tiny", "small", "medium"), default="small")
-    qs.add_argument("--seed", type=int, default=0)
+    qs.add_argument("--seed", type=argtypes.seed, default=0)
     qs.add_argument("--config", type=Path, default=None, help="training recipe (default configs/quickstart.yaml)")
     qs.add_argument("overrides", nargs="*", metavar="key=value", help="override recipe options")
     return parser
@@ -175,23 +178,34 @@ def _embedder(args):
 
 
 def _cmd_embed(args) -> None:
-    from copydistill.data.disc import records_from_folder
+    from copydistill.data.disc import folder_records, isc_image_names, no_images_error
+    from copydistill.eval.embed import Embeddings, resumable
 
+    records = folder_records(args.images)  # ids: paths relative to --images, as index and dedup
+    if not records:
+        raise no_images_error(args.images)
     embed = _embedder(args)
     descriptor = _load(args, args.model)
-    result = embed(descriptor, records_from_folder(args.images), args.out, on_error=args.on_error)
+    done = resumable(args.out, descriptor, records)
+    if done:
+        print(f"copydistill: resuming an interrupted run: {done} of {len(records)} images were "
+              "already embedded", file=sys.stderr)
+    result = embed(descriptor, records, args.out, on_error=args.on_error)
     if result is None:  # a helper rank of a distributed run: rank 0 reports
         return
     if args.hdf5:
-        result.export_isc_hdf5(args.hdf5)
+        Embeddings(isc_image_names(result.ids), result.vectors).export_isc_hdf5(args.hdf5)
     print(f"{len(result)} images embedded ({result.dims} dims) into {args.out / 'embeddings.npz'}")
     _report_skipped(args.out / "skipped.tsv")
 
 
 def _report_skipped(*lists: Path) -> None:
-    lines = [line for path in lists if path.is_file() for line in path.read_text().splitlines()]
-    if lines:
-        print(f"{len(lines)} undecodable file(s) skipped; listed in " + ", ".join(str(p) for p in lists if p.is_file()))
+    from copydistill.io.skiplist import read_skip_list
+
+    count = sum(len(read_skip_list(path)) for path in lists)
+    if count:
+        print(f"{count} file(s) or folder(s) skipped (unreadable, not decodable or too large); "
+              "listed with the reason in " + ", ".join(str(p) for p in lists if p.is_file()))
 
 
 def _cmd_eval_disc(args) -> None:
@@ -199,6 +213,9 @@ def _cmd_eval_disc(args) -> None:
     from copydistill.eval.disc import evaluate_disc, format_table
     from copydistill.eval.report import write_report
 
+    repeated = sorted({spec for spec in args.model if args.model.count(spec) > 1})
+    if repeated:
+        raise CopydistillError(f"--model {repeated[0]} is given twice; each model is evaluated once")
     layout = DiscLayout.find(args.data, args.queries, args.references, args.train, args.ground_truth)
     embed = _embedder(args)
     results = []
@@ -290,14 +307,32 @@ COMMANDS = {
 SEARCH_COMMANDS: dict = {}  # filled by copydistill.search.cli.register: (command, sub) -> handler
 
 
+def _os_error(err: OSError) -> str:
+    """One line for an OSError: the path, what the system said and, where clear, the fix."""
+    import errno
+
+    hints = {errno.ENOSPC: "free some space or choose another location",
+             errno.EROFS: "choose a writable location", errno.EACCES: "check the permissions",
+             errno.EPERM: "check the permissions", errno.ENOENT: "check the path"}
+    where = f"{err.filename}: " if err.filename else ""
+    hint = f"; {hints[err.errno]}" if err.errno in hints else ""
+    return f"{where}{err.strerror or err}{hint}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as stop:  # --help (0) or a one-line usage error (2)
+        return stop.code if isinstance(stop.code, int) else 2
     sub = getattr(args, f"{args.command}_command", None)
     handler = COMMANDS.get((args.command, sub)) or SEARCH_COMMANDS[(args.command, sub)]
     try:
         handler(args)
     except CopydistillError as err:
-        print(f"copydistill: error: {err}", file=sys.stderr)
+        print(f"copydistill: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the library turns the ones it expects into messages; this is the net
+        print(f"copydistill: error: {_os_error(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("copydistill: interrupted; finished work is kept and the next run resumes from it",

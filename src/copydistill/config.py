@@ -103,6 +103,8 @@ class TrainConfig:
                 raise CopydistillError(f"{name}={getattr(self, name)!r}; use {' or '.join(allowed)}")
         if self.contrastive == "moco":
             self._validate_moco()
+        _check_ranges(self)
+        _check_choices(self)
         return self
 
     def _validate_moco(self) -> None:
@@ -124,6 +126,72 @@ class TrainConfig:
                 "contrastive=moco with a teacher distils a compact student (§3.1): set kd_dim to the "
                 "teacher's width (512 for SSCD ResNet-50) and dims to the descriptor size (64/128/256)"
             )
+
+
+# (low, high, low inclusive): every number a run uses, checked before any model is built
+_RANGES = {
+    "image_size": (16, 8192, True), "workers": (0, None, True), "dims": (1, None, True),
+    "kd_dim": (1, None, True), "gem_p": (0, None, False), "infonce_temperature": (0, None, False),
+    "infonce_weight": (0, None, True), "entropy_weight": (0, None, True), "directclr_dim": (0, None, True),
+    "directclr_weight": (0, None, True), "moco_weight": (0, None, True), "kd_weight": (0, None, True),
+    "kd_teacher_temperature": (0, None, False), "kd_student_temperature": (0, None, False),
+    "bank_size": (1, None, True), "cached_views": (0, None, True), "base_lr": (0, None, False),
+    "absolute_lr": (0, None, False), "weight_decay": (0, None, True), "momentum": (0, 1, True),
+    "warmup_epochs": (0, None, True), "epochs": (1, None, True), "num_nodes": (1, None, True),
+    "seed": (0, 2**32 - 1, True), "val_every_n_epochs": (1, None, True),
+    "checkpoint_every_n_steps": (0, None, True), "log_every_n_steps": (1, None, True),
+}
+EXPORT_FORMATS = ("onnx", "torchscript")
+PRECISIONS = ("auto", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true",
+              "64-true", "64")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
+def _check_ranges(config: TrainConfig) -> None:
+    import math
+
+    for name, (low, high, inclusive) in _RANGES.items():
+        value = getattr(config, name, None)
+        if value is None:
+            continue
+        below = value < low if inclusive else value <= low
+        if not math.isfinite(value) or below or (high is not None and value > high):
+            bound = f"{'>=' if inclusive else '>'} {low}" + ("" if high is None else f" and <= {high}")
+            raise CopydistillError(f"{name}={value} is out of range: it must be {bound}")
+    if config.max_steps != -1 and config.max_steps < 1:
+        raise CopydistillError(f"max_steps={config.max_steps}: use -1 (no limit) or a number >= 1")
+    if config.directclr_dim > config.dims:
+        raise CopydistillError(f"directclr_dim={config.directclr_dim} cannot exceed dims={config.dims}")
+
+
+def _check_choices(config: TrainConfig) -> None:
+    from copydistill.models.backbones import TRUNKS
+    from copydistill.models.descriptor import ResizePolicy
+
+    if config.arch not in TRUNKS and not config.arch.startswith("timm/"):
+        raise CopydistillError(f"arch={config.arch!r} is not known; use {', '.join(TRUNKS)} or "
+                               "timm/<any timm model>")
+    if config.arch.startswith("timm/"):
+        import timm
+
+        if not timm.is_model(config.arch.removeprefix("timm/")):
+            raise CopydistillError(f"arch={config.arch!r}: timm has no such model")
+
+    bad = [f for f in config.export if f not in EXPORT_FORMATS]
+    if bad:
+        raise CopydistillError(f"export={config.export}: {', '.join(map(repr, bad))} not known; use a list "
+                               f"of {' and '.join(EXPORT_FORMATS)} (or [] for none)")
+    try:
+        ResizePolicy.parse(config.val_resize)
+    except CopydistillError as err:
+        raise CopydistillError(f"val_resize: {err}") from err
+    if config.precision not in PRECISIONS:
+        raise CopydistillError(f"precision={config.precision!r}; use {', '.join(PRECISIONS)}")
+    if config.accelerator not in ACCELERATORS:
+        raise CopydistillError(f"accelerator={config.accelerator!r}; use {', '.join(ACCELERATORS)}")
+    devices = str(config.devices)
+    if devices != "auto" and not (devices.lstrip("-").isdigit() and (int(devices) >= 1 or devices == "-1")):
+        raise CopydistillError(f"devices={config.devices!r}; use auto, -1 (all) or a number >= 1")
 
 
 def _coerce(name: str, value, annotation: str):
@@ -154,6 +222,8 @@ def _coerce(name: str, value, annotation: str):
         if base == "str":
             return str(value)
         if base.startswith("list"):
+            if isinstance(value, str):  # export=onnx,torchscript
+                return [item.strip() for item in value.split(",") if item.strip()]
             return list(value) if isinstance(value, (list, tuple)) else [value]
     except (TypeError, ValueError) as err:
         raise CopydistillError(f"{name}={value!r} is not a valid {base}") from err

@@ -27,6 +27,14 @@ class EmptyImageFileError(ImageError):
     kind = "empty file"
 
 
+class UnreadableFileError(ImageError):
+    kind = "unreadable file"
+
+
+class UnreadableFolderError(ImageError):
+    kind = "unreadable folder"
+
+
 class NotAnImageError(ImageError):
     kind = "not an image"
 
@@ -37,6 +45,10 @@ class TruncatedImageError(ImageError):
 
 class DecompressionBombError(ImageError):
     kind = "image too large (decompression bomb guard)"
+
+
+class ResizeTooLargeError(ImageError):
+    kind = "too large once resized (memory guard)"
 
 
 class DataLayoutError(CopydistillError):

@@ -16,6 +16,10 @@ def contact_sheet(out: str | Path, setting: str = "ADVANCED", images: Path | Non
                   count: int = 6, views: int = 7, seed: int = 0) -> Path:
     """Rows: the source image then ``views`` augmented views of it."""
     paths = list_images(images) if images else package_photo_paths()
+    if not paths:
+        from copydistill.data.disc import no_images_error
+
+        raise no_images_error(Path(images))
     paths = paths[:count]
     augment = SSCDAugment(setting, size)
     pad = 4

@@ -14,12 +14,12 @@ from __future__ import annotations
 import csv
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from copydistill.errors import DataLayoutError
 from copydistill.eval.metrics import GroundTruthPair
 from copydistill.io.atomic import atomic_write
-from copydistill.io.images import list_images
+from copydistill.io.images import IMAGE_EXTENSIONS, list_images, scan_images
 
 ID_PATTERN = re.compile(r"^([QRT])(\d+)$")
 ID_WIDTH = {"Q": 5, "R": 6, "T": 6}
@@ -56,8 +56,46 @@ class ImageRecord:
     path: Path
 
 
+def folder_records(folder: str | Path) -> list[ImageRecord]:
+    """The one id rule for a folder of images (embed, index, dedup): id = the file's path relative
+    to ``folder`` (``2024/IMG_0001.jpg``), so ids are always unique; paths are absolute.
+
+    Sub-folders that cannot be listed come last as records of the folder itself: loading one
+    raises ``UnreadableFolderError``, so it is skipped (and listed) like an unreadable file.
+    """
+    folder = Path(folder)
+    root = folder.resolve()
+    files, unreadable = scan_images(folder)
+    records = [ImageRecord(p.relative_to(folder).as_posix(), root / p.relative_to(folder)) for p in files]
+    return records + [ImageRecord(p.relative_to(folder).as_posix() + "/", root / p.relative_to(folder))
+                      for p, _ in unreadable]
+
+
+def no_images_error(folder: Path) -> DataLayoutError:
+    return DataLayoutError(
+        f"{folder}: no images found (searched recursively for "
+        f"{', '.join(sorted(IMAGE_EXTENSIONS))}). Pass the folder that holds your images."
+    )
+
+
+def isc_image_names(ids: list[str]) -> list[str]:
+    """ISC2021 descriptor names for folder ids: the DISC id of ``R000001.jpg`` is ``R000001``;
+    other ids lose their extension only (``2024/IMG_0001``). Refuses names that would collide."""
+    names = [canonical_id(PurePosixPath(i).with_suffix("").as_posix()) for i in ids]
+    seen: dict[str, str] = {}
+    for name, rid in zip(names, ids, strict=True):
+        if name in seen:
+            raise DataLayoutError(
+                f"--hdf5: {seen[name]} and {rid} would both be named {name} in the ISC file; "
+                "rename one, or leave out --hdf5"
+            )
+        seen[name] = rid
+    return names
+
+
 def records_from_folder(folder: Path) -> list[ImageRecord]:
-    """Image records of a folder; ids are canonical DISC ids of the file stems."""
+    """Image records of a DISC split; ids are canonical DISC ids of the file stems (what the
+    ground truth names). Any other folder uses ``folder_records``."""
     records = [ImageRecord(canonical_id(p.stem), p) for p in list_images(folder)]
     seen: dict[str, Path] = {}
     for r in records:

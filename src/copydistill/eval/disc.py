@@ -27,7 +27,7 @@ from copydistill.eval.matching import (
 )
 from copydistill.eval.metrics import GroundTruthPair, Metrics, Prediction, evaluate
 from copydistill.eval.predictions import write_predictions
-from copydistill.io.atomic import atomic_write_text
+from copydistill.io.atomic import atomic_write_text, ensure_dir
 from copydistill.models.descriptor import Descriptor
 
 ScoreNorm = Literal["sscd", "isc", "none"]
@@ -82,6 +82,17 @@ def _norm_label(kind: ScoreNorm) -> str:
     return {"sscd": "1.00[0,2]", "isc": "isc:2.0x10th", "none": "None"}[kind]
 
 
+def _check_ground_truth(gt, layout: DiscLayout, listed: dict) -> None:
+    """Refuse a ground truth that names none of the queries and references listed."""
+    queries = {r.id for r in listed["queries"]}
+    references = {r.id for r in listed["references"]}
+    if gt and not any(p.query in queries and p.reference in references for p in gt):
+        raise CopydistillError(
+            f"{layout.ground_truth}: none of its {len(gt)} pairs names a query of {layout.queries} "
+            f"and a reference of {layout.references}; is it this dataset's ground truth?"
+        )
+
+
 def evaluate_disc(
     layout: DiscLayout,
     descriptor: Descriptor,
@@ -102,14 +113,17 @@ def evaluate_disc(
     this returns None once every split is embedded, leaving the evaluation to rank 0.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out)
     splits = {"queries": layout.queries, "references": layout.references}
     if layout.train is not None:
         splits["train"] = layout.train
+    listed = {split: records_from_folder(folder) for split, folder in splits.items()}
+    gt = read_ground_truth(layout.ground_truth)  # a wrong file fails before any embedding
+    _check_ground_truth(gt, layout, listed)
     embeddings: dict[str, Embeddings] = {}
     counted, seconds, skipped, helper_rank = 0, 0.0, 0, False
     for split, folder in splits.items():
-        records = records_from_folder(folder)
+        records = listed[split]
         cache = out / "embeddings" / split
         cached = (cache / "embeddings.npz").is_file()
         start = time.perf_counter()
@@ -129,7 +143,6 @@ def evaluate_disc(
         return None
     if len(embeddings["references"]) == 0:
         raise CopydistillError(f"{layout.references}: no usable reference images")
-    gt = read_ground_truth(layout.ground_truth)
 
     codecs: list[tuple[str, PCAWhitening | None]] = [("Flat", None)]
     if codec:

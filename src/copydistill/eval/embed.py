@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +23,14 @@ from tqdm import tqdm
 
 from copydistill.data.disc import ImageRecord
 from copydistill.errors import CopydistillError, ImageError
-from copydistill.io.atomic import atomic_write, atomic_write_text
+from copydistill.io.atomic import atomic_write, atomic_write_text, ensure_dir
 from copydistill.io.images import load_image
+from copydistill.io.lock import folder_lock
+from copydistill.io.skiplist import write_skip_list
 from copydistill.models.descriptor import Descriptor
 
 OnError = Literal["skip", "fail"]
-CHUNK = 256
+CHUNK = 64  # images per part file: what a kill -9 can lose (and the resume granularity)
 
 
 @dataclass
@@ -75,7 +78,9 @@ def _decode(
     descriptor: Descriptor, record: ImageRecord
 ) -> tuple[np.ndarray | None, ImageError | None]:
     try:
-        return descriptor.prepare(load_image(record.path)), None
+        image = load_image(record.path)
+        descriptor.resize.check(*image.size, record.path)
+        return descriptor.prepare(image), None
     except ImageError as err:
         return None, err
 
@@ -100,7 +105,7 @@ def part_path(out: Path, start: int) -> Path:
 def start_cache(out: Path, meta: dict) -> None:
     """Make ``out`` ready for the parts of ``meta``'s run: drop the parts of another model or
     image list (an interrupted run of the same one is resumed) and record ``meta``."""
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out, "output folder")
     stale = out / "meta.json"
     if stale.exists() and json.loads(stale.read_text()) != meta:
         for part in out.glob("part-*.npz"):
@@ -115,14 +120,21 @@ def embed_part(
     out: Path | None,
     on_error: OnError,
     pool: ThreadPoolExecutor,
+    advance: Callable[[int], object] | None = None,
 ) -> Part:
     """The chunk of ``records`` starting at ``start``: read from its part file in ``out`` when a
-    previous run wrote it, else embedded (decoding on ``pool``) and written there atomically."""
+    previous run wrote it, else embedded (decoding on ``pool``) and written there atomically.
+    ``advance(n)`` is called as images are done (per decoded image), for a progress bar."""
+    advance = advance or (lambda n: None)
     path = part_path(out, start) if out is not None else None
-    if path is not None and path.exists():
-        return load_part(path)
     chunk = records[start : start + CHUNK]
-    decoded = list(pool.map(lambda r: _decode(descriptor, r), chunk))
+    if path is not None and path.exists():
+        advance(len(chunk))
+        return load_part(path)
+    decoded = []
+    for item in pool.map(lambda r: _decode(descriptor, r), chunk):
+        decoded.append(item)
+        advance(1)
     keep = []
     skipped = []
     for record, (pixels, error) in zip(chunk, decoded, strict=True):
@@ -145,7 +157,8 @@ def embed_part(
                 ids=np.array(part.embeddings.ids, dtype=str),
                 vectors=part.embeddings.vectors,
                 paths=np.array(part.embeddings.paths, dtype=str),
-                skipped=np.array([f"{p}\t{e}" for p, e in skipped], dtype=str),
+                skipped_paths=np.array([p for p, _ in skipped], dtype=str),
+                skipped_reasons=np.array([e for _, e in skipped], dtype=str),
             )
     return part
 
@@ -153,7 +166,8 @@ def embed_part(
 def load_part(path: Path) -> Part:
     embeddings = Embeddings.load(path)
     with np.load(path, allow_pickle=False) as data:
-        skipped = [tuple(s.split("\t", 1)) for s in data.get("skipped", [])]
+        skipped = [(str(p), str(r)) for p, r in
+                   zip(data.get("skipped_paths", []), data.get("skipped_reasons", []), strict=True)]
     return Part(embeddings, skipped)  # type: ignore[arg-type]
 
 
@@ -195,27 +209,45 @@ def embed_records(
     version is ``copydistill.eval.distributed_embed.embed_records_distributed``.
     """
     out = Path(out_dir) if out_dir else None
-    if out is not None:
+    if out is None:
+        return _embed_into(descriptor, records, None, on_error, desc, progress, workers)
+    ensure_dir(out, "output folder")
+    with folder_lock(out, "output folder"):  # one writer per folder: a second run waits
         meta = cache_meta(descriptor, records)
         final = load_finished(out, meta)
         if final is not None:
             return final
         start_cache(out, meta)
+        return _embed_into(descriptor, records, out, on_error, desc, progress, workers)
+
+
+def _embed_into(descriptor, records, out, on_error, desc, progress, workers) -> Embeddings:
+    """The chunks of ``embed_records``, embedded (or read back) and assembled."""
     parts: list[Part] = []
-    bar = tqdm(total=len(records), desc=desc, unit="img", disable=not progress, leave=False)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with (tqdm(total=len(records), desc=desc, unit="img", disable=not progress, leave=False) as bar,
+          ThreadPoolExecutor(max_workers=workers) as pool):  # the bar is cleared even on an error
         for start in chunk_starts(len(records)):
-            parts.append(embed_part(descriptor, records, start, out, on_error, pool))
-            bar.update(min(CHUNK, len(records) - start))
-    bar.close()
+            parts.append(embed_part(descriptor, records, start, out, on_error, pool, bar.update))
     return assemble_parts(parts, descriptor.dims, out)
 
 
 def cache_meta(descriptor: Descriptor, records: list[ImageRecord]) -> dict:
     """What a cache folder must match to be reused: the model and the exact files (same ids
     over other files are not reused)."""
-    return {"fingerprint": descriptor.fingerprint(), "ids": [r.id for r in records],
+    return {"fingerprint": descriptor.fingerprint(), "chunk": CHUNK, "ids": [r.id for r in records],
             "files": [_file_key(r.path) for r in records]}
+
+
+def resumable(out: Path, descriptor: Descriptor, records: list[ImageRecord]) -> int:
+    """How many images an interrupted run already embedded into ``out`` (0 if none match)."""
+    try:
+        stored = json.loads((out / "meta.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return 0
+    if stored != cache_meta(descriptor, records) or (out / "embeddings.npz").is_file():
+        return 0
+    return sum(min(CHUNK, len(records) - s) for s in chunk_starts(len(records))
+               if part_path(out, s).is_file())
 
 
 def _file_key(path: Path) -> str:
@@ -224,10 +256,6 @@ def _file_key(path: Path) -> str:
         return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
     except OSError:
         return str(path)
-
-
-def write_skip_list(path: Path, skipped: list[tuple[str, str]]) -> None:
-    atomic_write_text(path, "".join(f"{p}\t{e}\n" for p, e in skipped))
 
 
 def load_finished(out: Path, meta: dict) -> Embeddings | None:

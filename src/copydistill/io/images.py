@@ -7,6 +7,7 @@ be used raise a typed :class:`~copydistill.errors.ImageError` naming the file.
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from copydistill.errors import (
     EmptyImageFileError,
     NotAnImageError,
     TruncatedImageError,
+    UnreadableFileError,
+    UnreadableFolderError,
 )
 
 IMAGE_EXTENSIONS = frozenset(
@@ -33,18 +36,42 @@ BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white
 
 def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
     """All image files under ``folder`` (by extension, hidden files skipped), sorted by path."""
+    return scan_images(folder, recursive)[0]
+
+
+def scan_images(folder: str | Path, recursive: bool = True) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(the image files under ``folder``, sorted; the sub-folders that could not be listed, with
+    why). Symbolic links to folders are followed once; a link loop is not walked twice."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataLayoutError(f"{folder}: not a folder. Pass a folder that holds images.")
-    pattern = "**/*" if recursive else "*"
-    found = [
-        p
-        for p in folder.glob(pattern)
-        if p.suffix.lower() in IMAGE_EXTENSIONS
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    ]
-    return sorted(found)
+    found: list[Path] = []
+    unreadable: list[tuple[Path, str]] = []
+    seen: set[tuple[int, int]] = set()
+
+    def failed(err: OSError) -> None:
+        unreadable.append((Path(err.filename), err.strerror or str(err)))
+
+    for top, dirs, files in os.walk(folder, onerror=failed, followlinks=True):
+        try:
+            stat = os.stat(top)
+        except OSError as err:
+            failed(err)
+            dirs[:] = []
+            continue
+        if (stat.st_dev, stat.st_ino) in seen:  # a symbolic link back to a folder already walked
+            dirs[:] = []
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
+        for name in files:
+            path = Path(top) / name
+            if not name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+                found.append(path)
+    for path, reason in unreadable:
+        if path == folder:
+            raise DataLayoutError(f"{folder}: cannot list the folder ({reason}); check its permissions")
+    return sorted(found), sorted(unreadable)
 
 
 def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -53,17 +80,21 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     Raises EmptyImageFileError, NotAnImageError, TruncatedImageError or DecompressionBombError.
     """
     path = Path(path)
+    if path.is_dir():  # a folder listed because it could not be read (scan_images)
+        raise UnreadableFolderError(path, f"{_listing_error(path)}; the images in it were not read")
     try:
         size = path.stat().st_size
+        handle = open(path, "rb")
     except OSError as err:
-        raise NotAnImageError(path, f"cannot read the file ({err.strerror})") from err
+        raise UnreadableFileError(path, f"cannot read the file ({err.strerror or err})") from err
     if size == 0:
+        handle.close()
         raise EmptyImageFileError(path, "the file has 0 bytes; re-copy or delete it")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), handle:
             # our own max_pixels decides below; Pillow still refuses > 2x its limit outright
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
+            with Image.open(handle) as opened:
                 if opened.width * opened.height > max_pixels:
                     raise DecompressionBombError(
                         path,
@@ -80,6 +111,14 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
         raise NotAnImageError(path, "the file is not in an image format Pillow can read") from err
     except (OSError, SyntaxError, ValueError) as err:
         raise TruncatedImageError(path, f"decoding failed ({err})") from err
+
+
+def _listing_error(folder: Path) -> str:
+    try:
+        os.listdir(folder)
+    except OSError as err:
+        return f"cannot list the folder ({err.strerror or err})"
+    return "the folder could not be listed while searching for images"
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -15,11 +15,13 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from copydistill.errors import ModelSpecError
+from copydistill.errors import ModelSpecError, ResizeTooLargeError
 
 ResizeMode = Literal["short", "square", "long", "none"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_RESIZE_SIDE = 8192  # the largest size a resize policy may name
+MAX_RESIZED_PIXELS = 2048 * 2048  # the most pixels a resize may make from a smaller image
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,11 @@ class ResizePolicy:
             raise ModelSpecError(
                 f"resize policy {text!r} not understood; use short:288, square:288, long:800 or none"
             )
+        if int(size) > MAX_RESIZE_SIDE:
+            raise ModelSpecError(
+                f"resize policy {text!r}: {size} pixels is above the largest side allowed, "
+                f"{MAX_RESIZE_SIDE}; use e.g. short:288, square:288 or long:800"
+            )
         return cls(mode, int(size))  # type: ignore[arg-type]
 
     def __str__(self) -> str:
@@ -55,6 +62,19 @@ class ResizePolicy:
             return self.size, self.size
         scale = self.size / (min(width, height) if self.mode == "short" else max(width, height))
         return max(1, round(width * scale)), max(1, round(height * scale))
+
+    def check(self, width: int, height: int, path: str | Path) -> None:
+        """Refuse (ResizeTooLargeError) a resize that would blow a small image up past
+        ``MAX_RESIZED_PIXELS``: a 200x1 strip under ``short:288`` would become 57600x288."""
+        new_w, new_h = self.target_size(width, height)
+        if new_w * new_h <= max(MAX_RESIZED_PIXELS, width * height):
+            return
+        ratio = max(width, height) / max(min(width, height), 1)
+        why = (f"its aspect ratio {ratio:.0f}:1 is too extreme for {self}; use --resize square:288"
+               if ratio > 8 and self.mode == "short" else f"use a smaller --resize than {self}")
+        raise ResizeTooLargeError(
+            path, f"{width}x{height} would become {new_w}x{new_h} ({new_w * new_h / 1e6:.1f} M pixels, "
+                  f"limit {MAX_RESIZED_PIXELS / 1e6:.1f} M); {why}")
 
     def apply(self, image: Image.Image) -> np.ndarray:
         """Resize (bilinear with antialiasing) and return uint8 HWC RGB pixels."""

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from copydistill.errors import CopydistillError, ModelSpecError
+from copydistill.io.atomic import FILE_MODE
 from copydistill.models.descriptor import Descriptor
 from copydistill.models.torch_descriptor import TorchDescriptor
 
@@ -127,6 +128,7 @@ def _export(descriptor: Descriptor, fmt: str, out: str | Path, fixed: int | None
         else:
             raise ModelSpecError(f"export format {fmt!r} not supported; use onnx or torchscript")
         worst = _verify(descriptor, exported, out, sizes)
+        os.chmod(tmp, FILE_MODE)  # mkstemp made it 0600; every other output is umask-default
         os.replace(tmp, out)
         return worst
     finally:

@@ -52,6 +52,19 @@ def _parse_options(text: str) -> dict[str, str]:
     return options
 
 
+def _int_option(options: dict[str, str], key: str, spec: str, default: int | None, low: int) -> int | None:
+    """A whole-number model option (``dims=128``) >= ``low``, or ``default`` when absent."""
+    if key not in options:
+        return default
+    try:
+        value = int(options[key])
+    except ValueError:
+        value = None
+    if value is None or value < low or value > 2**31 - 1:
+        raise ModelSpecError(f"{key}={options[key]!r} in {spec!r}: use a whole number >= {low}")
+    return value
+
+
 def _path(text: str, spec: str) -> Path:
     if not text:
         raise ModelSpecError(f"model spec {spec!r} needs a file path after the colon")
@@ -167,8 +180,9 @@ def load_descriptor(
         unknown = set(options) - {"dims", "seed", "kd_dim"}
         if unknown:
             raise ModelSpecError(f"unknown option(s) {sorted(unknown)} in {spec!r}; use dims=, seed=, kd_dim=")
-        dims, seed = int(options.get("dims", 512)), int(options.get("seed", 0))
-        kd_dim = int(options["kd_dim"]) if "kd_dim" in options else None
+        dims = _int_option(options, "dims", spec, 512, low=1)
+        seed = _int_option(options, "seed", spec, 0, low=0)
+        kd_dim = _int_option(options, "kd_dim", spec, None, low=1)
         model = build_student(kind, dims=dims, seed=seed, kd_dim=kd_dim)
         descriptor = TorchDescriptor(
             PixelModel(model), spec, dims, policy or DEFAULT_RESIZE,
@@ -179,6 +193,8 @@ def load_descriptor(
             f"model spec {spec!r} not understood. Use phash, pdq, sscd-int8, onnx:PATH, torchscript:PATH, "
             f"sscd-torchvision:PATH, dino-vitb16:PATH or an architecture ({', '.join(TRUNKS)})"
         )
-    if batch_size:
+    if batch_size is not None:
+        if batch_size < 1:
+            raise ModelSpecError(f"batch size {batch_size}: use a whole number >= 1")
         descriptor.batch_size = batch_size
     return descriptor

@@ -13,7 +13,6 @@ run code is refused. Teachers are frozen and locked in eval mode (``FrozenTeache
 from __future__ import annotations
 
 import argparse
-import pickle
 from pathlib import Path
 
 import torch
@@ -21,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from copydistill.errors import ModelSpecError
+from copydistill.io.torch_files import torch_load_safely
 from copydistill.models.gem import GeM
 
 
@@ -29,17 +29,8 @@ def load_weights(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ModelSpecError(f"{path}: weights file not found")
-    try:
-        # DINO's full checkpoints store their argparse.Namespace: allowed, nothing else is
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ModelSpecError(
-            f"{path}: refused — the file holds Python objects or code, not just weights "
-            f"(torch.load weights_only=True: {str(err).splitlines()[0]}). Re-save it as a state dict."
-        ) from err
-    except Exception as err:  # torch raises many types for files that are not checkpoints
-        raise ModelSpecError(f"{path}: not a PyTorch weights file ({type(err).__name__}: {err})") from err
+    # DINO's full checkpoints store their argparse.Namespace: allowed, nothing else is
+    data = torch_load_safely(path, allowed=(argparse.Namespace,))
     if not isinstance(data, dict):
         raise ModelSpecError(f"{path}: expected a state dict, got {type(data).__name__}")
     return data

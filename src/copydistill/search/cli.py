@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from copydistill import argtypes
 from copydistill.errors import CopydistillError, ModelSpecError
 
 FORMATS_HELP = "human-readable table (default), --json or --csv"
@@ -22,15 +23,16 @@ FORMATS_HELP = "human-readable table (default), --json or --csv"
 
 def _model_options(p: argparse.ArgumentParser, required: bool, help_text: str) -> None:
     p.add_argument("--model", required=required, default=None, metavar="SPEC", help=help_text)
-    p.add_argument("--resize", default=None, metavar="POLICY",
+    p.add_argument("--resize", type=argtypes.resize_policy, default=None, metavar="POLICY",
                    help="short:288 (SSCD's protocol), square:288, long:800 or none")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime")
+    p.add_argument("--batch-size", type=argtypes.positive, default=None)
+    p.add_argument("--threads", type=argtypes.positive, default=None, help="CPU threads for ONNX Runtime")
 
 
 def _on_error(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-error", choices=("skip", "fail"), default="skip",
-                   help="undecodable images: skip them (listed) or stop")
+                   help="images that cannot be used (unreadable, undecodable, too large): "
+                        "skip them (listed) or stop")
 
 
 def _output_options(p: argparse.ArgumentParser, gallery: str) -> None:
@@ -55,9 +57,9 @@ def register(sub) -> dict:
     build.add_argument("--index-factory", default="Flat", metavar="FACTORY",
                        help="FAISS factory string: Flat (exact, default), IVF4096,PQ32, ... "
                             "(see docs/search.md for memory per million references)")
-    build.add_argument("--train-size", type=int, default=None, metavar="N",
+    build.add_argument("--train-size", type=argtypes.positive, default=None, metavar="N",
                        help="vectors sampled to train IVF/PQ factories (default 100000)")
-    build.add_argument("--nprobe", type=int, default=None, help="IVF lists visited per query (default 16)")
+    build.add_argument("--nprobe", type=argtypes.positive, default=None, help="IVF lists visited per query (default 16)")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
     _on_error(build)
 
@@ -72,11 +74,11 @@ def register(sub) -> dict:
     search.add_argument("index", type=Path, metavar="INDEX_DIR")
     search.add_argument("queries", type=Path, nargs="+", metavar="QUERY",
                         help="query images or folders of them (recursive)")
-    search.add_argument("--k", type=int, default=10, help="matches per query before the threshold (10)")
-    search.add_argument("--threshold", default=None, metavar="auto|auto99|X",
+    search.add_argument("--k", type=argtypes.positive, default=10, help="matches per query before the threshold (10)")
+    search.add_argument("--threshold", type=argtypes.threshold, default=None, metavar="auto|auto99|X",
                         help="keep matches scoring >= X; auto = the calibrated 90 %% precision "
                              "threshold (fallback 0.75 with a warning), auto99 = 99 %%")
-    search.add_argument("--nprobe", type=int, default=None, help="IVF lists visited per query")
+    search.add_argument("--nprobe", type=argtypes.positive, default=None, help="IVF lists visited per query")
     _model_options(search, False, "model spec (default: the index's own; must give the same vectors)")
     _output_options(search, "also write an HTML gallery: each query beside its matches")
     _on_error(search)
@@ -88,7 +90,7 @@ def register(sub) -> dict:
     dedup = sub.add_parser("dedup", help="groups of copies inside one folder (transitive)")
     dedup.add_argument("folder", type=Path, metavar="DIR")
     _model_options(dedup, True, "model spec")
-    dedup.add_argument("--threshold", default="auto", metavar="auto|auto99|X",
+    dedup.add_argument("--threshold", type=argtypes.threshold, default="auto", metavar="auto|auto99|X",
                        help="link two images when their score >= X (default auto: calibrated, "
                             "else 0.75 with a warning)")
     dedup.add_argument("--cache", type=Path, default=None, metavar="DIR",
@@ -102,7 +104,7 @@ def register(sub) -> dict:
     _model_options(cal, True, "model spec")
     cal.add_argument("--run-dir", type=Path, default=None, metavar="DIR",
                      help="keep embeddings and predictions here (default: a temporary folder)")
-    cal.add_argument("--k", type=int, default=10)
+    cal.add_argument("--k", type=argtypes.positive, default=10)
     for name in ("queries", "references", "ground-truth"):
         cal.add_argument(f"--{name}", default=None, help=f"override the {name} path (relative to --data)")
     cal.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -190,10 +192,15 @@ def _csv(rows: list[list]) -> str:
     return buffer.getvalue()
 
 
+def _one_line(text: str) -> str:
+    """A file name as one line: tabs and line breaks shown as \\t, \\n, \\r."""
+    return text.translate({9: "\\t", 10: "\\n", 13: "\\r"})
+
+
 def _skipped_note(skipped: dict[str, str], where: str) -> None:
     if skipped:
-        _warn(f"{len(skipped)} undecodable {where} file(s) skipped: "
-              + "; ".join(f"{p} ({r})" for p, r in list(skipped.items())[:3])
+        _warn(f"{len(skipped)} {where}file(s) skipped: "
+              + "; ".join(f"{_one_line(p)} ({r})" for p, r in list(skipped.items())[:3])
               + (" ..." if len(skipped) > 3 else ""))
 
 
@@ -218,7 +225,7 @@ def cmd_index_build(args) -> None:
           f"({result.index.info.factory}, {descriptor.dims} dims, model {result.index.info.spec}) "
           f"in {result.seconds:.1f} s")
     if result.skipped:
-        print(f"{len(result.skipped)} undecodable file(s) skipped; listed in {args.out / SKIPPED_FILE}")
+        print(f"{len(result.skipped)} file(s) skipped; listed with the reason in {args.out / SKIPPED_FILE}")
 
 
 def cmd_index_add(args) -> None:
@@ -233,7 +240,7 @@ def cmd_index_add(args) -> None:
     already = f"; {result.already_indexed} already indexed" if result.already_indexed else ""
     print(f"added {result.added} references{already}; the index now holds {len(result.index)}")
     if result.skipped:
-        print(f"{len(result.skipped)} undecodable file(s) skipped; listed in {args.index / SKIPPED_FILE}")
+        print(f"{len(result.skipped)} file(s) skipped; listed with the reason in {args.index / SKIPPED_FILE}")
 
 
 def format_search(result, fmt: str, threshold) -> str:
@@ -282,7 +289,7 @@ def cmd_index_search(args) -> None:
         _warn(threshold.warning)
     result = search_index(ref_index, descriptor, args.queries, k=args.k, threshold=threshold.value,
                           nprobe=args.nprobe, on_error=args.on_error, progress=not args.quiet)
-    _skipped_note(result.skipped, "query")
+    _skipped_note(result.skipped, "query ")
     fmt = "json" if args.json else "csv" if args.csv else "table"
     if threshold.value is not None and fmt != "table":
         _note(f"only matches with score >= {threshold.value:.4f} are listed ({threshold.source})")

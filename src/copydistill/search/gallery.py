@@ -135,7 +135,7 @@ def search_gallery(result, path: str | Path, threshold_note: str, index_root: st
         + ("; green: at or above the threshold." if result.threshold is not None else "."),
     ]
     if result.skipped:
-        summary.append(f"{len(result.skipped)} undecodable query file(s) skipped.")
+        summary.append(f"{len(result.skipped)} query file(s) skipped (unreadable, undecodable or too large).")
     return write_gallery(path, "copydistill: search results", summary,
                          search_rows(result, result.threshold), max_rows)
 

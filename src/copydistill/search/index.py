@@ -7,8 +7,10 @@ An index folder holds::
     index-NNNN.faiss      the FAISS index (inner product of L2-normalised descriptors = cosine)
     ids-NNNN.npz          ``ids`` (path relative to the folder it was added from) and ``paths``
                           (absolute), row i of the FAISS index = ids[i]
-    skipped.tsv           undecodable reference files, ``path<TAB>reason``
-    embed-cache/          only while a build/add runs: resumable embedding chunks
+    skipped.tsv           reference files (and folders) that could not be used: path, reason
+    embed-cache/RUN/      only while a build/add runs: its resumable embedding chunks (one
+                          folder per set of images, so two runs never share chunks)
+    .copydistill.lock     the writer lock: one build/add at a time, a second one waits
 
 A build or add writes the next generation of ``index-*.faiss`` / ``ids-*.npz`` and then replaces
 ``model.json`` atomically, so an interrupted write leaves the previous, complete index in place;
@@ -22,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -32,11 +35,14 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from copydistill.data.disc import ImageRecord
+from copydistill.data.disc import ImageRecord, folder_records, no_images_error
 from copydistill.errors import CopydistillError
-from copydistill.eval.embed import CHUNK, Embeddings, OnError, cache_meta, embed_records
+from copydistill.eval.embed import Embeddings, OnError, embed_records, resumable
 from copydistill.io.atomic import atomic_write, atomic_write_text
-from copydistill.io.images import IMAGE_EXTENSIONS, list_images
+from copydistill.io.lock import folder_lock
+from copydistill.io.images import list_images
+from copydistill.io import skiplist
+from copydistill.io.skiplist import read_skip_list
 from copydistill.models.descriptor import Descriptor
 
 FORMAT = "copydistill-index/1"
@@ -89,30 +95,8 @@ def describe_model(spec: str, fingerprint: dict) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def folder_records(folder: str | Path) -> list[ImageRecord]:
-    """Images under ``folder`` (recursive); id = path relative to the folder (stems may collide)."""
-    folder = Path(folder)
-    root = folder.resolve()
-    return [ImageRecord(p.relative_to(folder).as_posix(), root / p.relative_to(folder))
-            for p in list_images(folder)]
-
-
-def no_images_error(folder: Path) -> CopydistillError:
-    return CopydistillError(
-        f"{folder}: no images found (searched recursively for "
-        f"{', '.join(sorted(IMAGE_EXTENSIONS))}). Pass the folder that holds your images."
-    )
-
-
-def read_skip_list(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        return {}
-    rows = (line.split("\t", 1) for line in path.read_text().splitlines() if line.strip())
-    return {row[0]: (row[1] if len(row) > 1 else "") for row in rows}
-
-
 def write_skip_list(path: Path, skipped: dict[str, str]) -> None:
-    atomic_write_text(path, "".join(f"{p}\t{r}\n" for p, r in sorted(skipped.items())))
+    skiplist.write_skip_list(path, sorted(skipped.items()))
 
 
 def _embed(
@@ -128,22 +112,23 @@ def _embed(
     The cache is keyed by absolute paths, so a different folder never reuses stale chunks.
     """
     by_path = [ImageRecord(str(r.path), r.path) for r in records]
-    resumed = _resumable(cache, descriptor, by_path)
+    resumed = resumable(cache, descriptor, by_path)
     embeddings = embed_records(descriptor, by_path, cache, on_error=on_error, desc=desc,
                                progress=progress)
     return embeddings, read_skip_list(cache / "skipped.tsv"), resumed
 
 
-def _resumable(cache: Path, descriptor: Descriptor, records: list[ImageRecord]) -> int:
-    """How many images an interrupted run already embedded into ``cache`` (0 if none match)."""
-    meta = cache / "meta.json"
-    try:
-        stored = json.loads(meta.read_text())
-    except (OSError, json.JSONDecodeError):
-        return 0
-    if stored != cache_meta(descriptor, records):
-        return 0
-    return min(len(records), CHUNK * len(list(cache.glob("part-*.npz"))))
+def run_cache(root: Path, descriptor: Descriptor, records: list[ImageRecord]) -> Path:
+    """This run's own embedding cache: ``embed-cache/<hash of the model and the image paths>``."""
+    key = json.dumps([vector_key(descriptor.fingerprint()), [str(r.path) for r in records]])
+    return root / CACHE_DIR / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def drop_cache(cache: Path) -> None:
+    """Remove a finished run's cache (and ``embed-cache/`` once no other run's is left)."""
+    shutil.rmtree(cache, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        cache.parent.rmdir()
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,9 +333,17 @@ def _read_info(root: Path) -> IndexInfo:
         )
     try:
         payload = json.loads(meta.read_text())
+        if not isinstance(payload, dict):
+            raise ValueError(f"a JSON {type(payload).__name__}, not an object")
         if payload.get("format") != FORMAT:
             raise ValueError(f"format {payload.get('format')!r}, expected {FORMAT!r}")
-        return IndexInfo(**payload)
+        info = IndexInfo(**payload)
+        dims = info.fingerprint.get("dims") if isinstance(info.fingerprint, dict) else None
+        if not isinstance(dims, int) or isinstance(dims, bool) or dims < 1:
+            raise ValueError("fingerprint.dims is missing or not a positive number")
+        return info
+    except OSError as err:
+        raise CopydistillError(f"{meta}: cannot read the index description ({err.strerror})") from err
     except (ValueError, TypeError) as err:
         raise CopydistillError(f"{meta}: unreadable index description ({err}); rebuild the index") from err
 
@@ -378,14 +371,28 @@ def load_index(root: str | Path) -> ReferenceIndex:
     return ReferenceIndex(root, info, index, ids, paths)
 
 
+def _write_faiss(index: faiss.Index, path: Path) -> None:
+    """``faiss.write_index`` to a temporary sibling renamed over ``path``: streamed (no copy in
+    memory), and a failed write (disk full, read-only) leaves no partial file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        faiss.write_index(index, str(tmp))
+        os.replace(tmp, path)
+    except (RuntimeError, OSError) as err:
+        tmp.unlink(missing_ok=True)
+        reason = _faiss_reason(err) if isinstance(err, RuntimeError) else err.strerror or str(err)
+        found = re.search(r"\(([^()]+)\)\s*$", reason)  # FAISS ends with the OS reason
+        raise CopydistillError(
+            f"cannot write {path}: {found.group(1) if found else reason}; free some space or check "
+            "the folder's permissions (the index is unchanged; nothing partial was kept)"
+        ) from err
+
+
 def _commit(root: Path, info: IndexInfo, index: faiss.Index, ids: list[str], paths: list[str]) -> IndexInfo:
     """Write the next generation of files, then switch model.json to it (the atomic step)."""
     generation = info.generation + 1
     index_file, ids_file = f"index-{generation:04d}.faiss", f"ids-{generation:04d}.npz"
-    try:
-        faiss.write_index(index, str(root / index_file))
-    except RuntimeError as err:
-        raise CopydistillError(f"cannot write {root / index_file}: {err}. Choose a writable --out.") from err
+    _write_faiss(index, root / index_file)
     with atomic_write(root / ids_file, "wb") as handle:
         np.savez(handle, ids=np.array(ids, dtype=str), paths=np.array(paths, dtype=str))
     new = IndexInfo(**{**asdict(info), "generation": generation, "index_file": index_file,
@@ -402,7 +409,8 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def prepare_out_dir(out: Path, refs: list[Path]) -> None:
-    """Check (before any work) that ``out`` can hold a new index and is not inside a reference folder."""
+    """Check (before any work, writing nothing) that ``out`` can be a new index folder outside
+    the reference folders; the folder itself is made when its lock is taken."""
     for folder in refs:
         if _inside(out, folder):
             raise CopydistillError(
@@ -411,20 +419,15 @@ def prepare_out_dir(out: Path, refs: list[Path]) -> None:
             )
     if out.exists() and not out.is_dir():
         raise CopydistillError(f"{out}: exists and is not a folder. Choose another --out.")
+    _refuse_existing(out)
+
+
+def _refuse_existing(out: Path) -> None:
     if (out / MODEL_FILE).is_file():
         raise CopydistillError(
             f"{out}: already holds an index. Extend it with `copydistill index add {out} FOLDER`, "
             "or choose another --out."
         )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise CopydistillError(
-            f"cannot create the index folder {out}: {err.strerror or err}. Choose a writable --out."
-        ) from err
 
 
 @dataclass
@@ -460,8 +463,18 @@ def build_index(
         raise no_images_error(refs)
     prepare_out_dir(out, [refs])
     index = new_index(factory, descriptor.dims)  # a bad factory fails before any embedding
-    embeddings, skipped, resumed = _embed(descriptor, records, out / CACHE_DIR, on_error,
-                                          "index build", progress)
+    with folder_lock(out, "--out"):
+        _refuse_existing(out)  # a build that held the lock before us may have finished
+        return _build_locked(refs, records, descriptor, out, spec, index, factory, max_train,
+                             nprobe, on_error, progress, start)
+
+
+def _build_locked(refs, records, descriptor, out, spec, index, factory, max_train, nprobe,
+                  on_error, progress, start) -> BuildResult:
+    """The part of ``build_index`` that writes ``out``, under its lock."""
+    cache = run_cache(out, descriptor, records)
+    embeddings, skipped, resumed = _embed(descriptor, records, cache, on_error, "index build",
+                                          progress)
     if skipped:
         write_skip_list(out / SKIPPED_FILE, skipped)
     if len(embeddings) == 0:
@@ -480,7 +493,7 @@ def build_index(
     )
     info = _commit(out, info, index, [rel[p] for p in embeddings.ids], list(embeddings.ids))
     write_skip_list(out / SKIPPED_FILE, skipped)
-    shutil.rmtree(out / CACHE_DIR, ignore_errors=True)
+    drop_cache(cache)
     return BuildResult(load_index(out), len(embeddings), skipped, resumed,
                        seconds=time.perf_counter() - start, notes=notes)
 
@@ -497,7 +510,13 @@ def add_to_index(
     Adding the same folder again picks up only its new files; earlier skipped files are retried.
     """
     start = time.perf_counter()
-    ref_index = load_index(root)
+    load_index(root)  # a clear error before the lock for a folder that is no index
+    with folder_lock(root, "INDEX_DIR"):
+        return _add_locked(load_index(root), folders, descriptor, on_error, progress, start)
+
+
+def _add_locked(ref_index, folders, descriptor, on_error, progress, start) -> BuildResult:
+    """The part of ``add_to_index`` that reads and extends the index, under its lock."""
     ref_index.check_descriptor(descriptor)
     root = ref_index.root
     known_paths = set(ref_index.paths)
@@ -528,8 +547,8 @@ def add_to_index(
     old_skipped = read_skip_list(root / SKIPPED_FILE)
     if not records:
         return BuildResult(ref_index, 0, {}, already_indexed=already, seconds=time.perf_counter() - start)
-    embeddings, skipped, resumed = _embed(descriptor, records, root / CACHE_DIR, on_error,
-                                          "index add", progress)
+    cache = run_cache(root, descriptor, records)
+    embeddings, skipped, resumed = _embed(descriptor, records, cache, on_error, "index add", progress)
     retried = {str(r.path) for r in records}
     merged = {p: r for p, r in old_skipped.items() if p not in retried} | skipped
     rel = {str(r.path): r.id for r in records}
@@ -542,7 +561,7 @@ def add_to_index(
     _commit(root, info, index, ref_index.ids + [rel[p] for p in embeddings.ids],
             ref_index.paths + list(embeddings.ids))
     write_skip_list(root / SKIPPED_FILE, merged)
-    shutil.rmtree(root / CACHE_DIR, ignore_errors=True)
+    drop_cache(cache)
     return BuildResult(load_index(root), len(embeddings), skipped, resumed, already,
                        seconds=time.perf_counter() - start)
 
@@ -585,6 +604,14 @@ class SearchResult:
         return sorted(with_matches, key=lambda q: -q.best) + without
 
 
+def _stat_error(path: Path) -> str:
+    try:
+        path.stat()
+    except OSError as err:
+        return err.strerror or str(err)
+    return "cannot be followed"
+
+
 def query_records(queries: list[str | Path]) -> list[ImageRecord]:
     """Files as given and images under folders (recursive); the id is the path as typed/found."""
     records: list[ImageRecord] = []
@@ -596,6 +623,9 @@ def query_records(queries: list[str | Path]) -> list[ImageRecord]:
                 raise no_images_error(item)
         elif item.is_file():
             found = [item]
+        elif os.path.lexists(item):
+            raise CopydistillError(f"{item}: a symbolic link that loops or points to nothing "
+                                   f"({_stat_error(item)}); pass the real file or folder")
         else:
             raise CopydistillError(f"{item}: query file or folder not found")
         for path in found:
@@ -608,7 +638,7 @@ def query_records(queries: list[str | Path]) -> list[ImageRecord]:
 def embed_queries(
     descriptor: Descriptor, records: list[ImageRecord], on_error: OnError = "skip", progress: bool = True
 ) -> tuple[Embeddings, dict[str, str]]:
-    """Embed query images (not cached); undecodable ones are returned as a skip list."""
+    """Embed query images (not cached); unusable ones are returned as a skip list."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="copydistill-queries-") as tmp:

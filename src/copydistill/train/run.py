@@ -29,6 +29,7 @@ from copydistill.train.data import (
     image_teacher_keys,
 )
 from copydistill.train.module import CopyDetectionModule
+from copydistill.train.outputs import resume_point
 
 STUDENT_FILE = "student.pt"
 
@@ -207,11 +208,10 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
     """Run ``config``; returns the output folder. Resumes from ``resume`` (or ``last.ckpt``)."""
     config.validate()
     out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", dump_config(config))
-    L.seed_everything(config.seed, workers=True, verbose=False)
     if not config.train_images:
         raise CopydistillError("train_images is not set: pass train_images=FOLDER")
+    ckpt = resume_point(config, resume)  # refuses another run's out_dir and unsafe checkpoints
+    L.seed_everything(config.seed, workers=True, verbose=False)
     teacher, teacher_descriptor = load_teacher(config.teacher)
     augment = SSCDAugment(config.augmentations, config.image_size, config.crop_scale_min)
     cache_dir = config.cache_dir or out / "cache"
@@ -225,8 +225,6 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
         dataset = WithImageKeys(dataset, image_teacher_keys(config.train_images, teacher_descriptor,
                                                             cache_dir, progress))
     module = CopyDetectionModule(config, teacher, teacher_descriptor.dims if teacher_descriptor else None)
-    last = out / "checkpoints" / "last.ckpt"
-    ckpt = resume or (str(last) if last.is_file() else None)
     callbacks: list[Callback] = [
         ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,  # last.ckpt
                         **({"every_n_train_steps": config.checkpoint_every_n_steps}
@@ -237,6 +235,8 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
     if config.val_data:
         callbacks.insert(0, DiscValidation(config.val_data, config.val_resize, config.val_every_n_epochs, out))
     trainer = build_trainer(config, callbacks, progress)
-    trainer.fit(module, datamodule=ViewsData(dataset, config), ckpt_path=ckpt)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", dump_config(config))  # only now that training starts
+    trainer.fit(module, datamodule=ViewsData(dataset, config), ckpt_path=ckpt, weights_only=True)
     return out
 
