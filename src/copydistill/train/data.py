@@ -105,11 +105,17 @@ class CachedTeacherViews(Dataset):
         return item
 
 
-def _views_key(paths: list[Path], augment: SSCDAugment, copies: int, seed: int) -> str:
+def _files_digest(paths: list[Path]):
+    """A sha256 over the files' paths, sizes and modification times (cache keys)."""
     digest = hashlib.sha256()
     for p in paths:
         stat = p.stat()
         digest.update(f"{p}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest
+
+
+def _views_key(paths: list[Path], augment: SSCDAugment, copies: int, seed: int) -> str:
+    digest = _files_digest(paths)
     digest.update(f"{augment.setting}|{augment.size}|{augment.crop_scale_min}|{copies}|{seed}".encode())
     return digest.hexdigest()[:16]
 
@@ -177,10 +183,7 @@ def image_teacher_keys(folder: str | Path, teacher: Descriptor, cache_dir: str |
     """The teacher's key of every unedited training image at the teacher's own resize policy
     (``sscd-int8``: short side 288), ``(N, D)``, cached on disk by images and teacher."""
     paths = list_images(folder)
-    digest = hashlib.sha256()
-    for p in paths:
-        stat = p.stat()
-        digest.update(f"{p}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    digest = _files_digest(paths)
     digest.update(json.dumps(teacher.fingerprint(), sort_keys=True).encode())
     path = Path(cache_dir) / f"image-keys-{digest.hexdigest()[:16]}.npy"
     if path.is_file():
