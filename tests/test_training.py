@@ -784,3 +784,29 @@ def test_kd_predictor_is_trained_with_the_student_and_not_exported(predictor):
     head = module.kd_head.weight if predictor == "linear" else module.kd_head[0].weight
     assert head.grad is not None and head.grad.abs().sum() > 0
     assert not any(k.startswith("kd_head") for k in module.student.state_dict())
+
+
+def test_head_norm_batchnorm_centres_a_fresh_student_and_round_trips(tmp_path):
+    from copydistill.models.backbones import EmbeddingModel
+    from copydistill.models.registry import load_descriptor
+    from copydistill.train.module import CopyDetectionModule
+    from copydistill.train.run import save_student
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 3, 32, 32)
+    plain, centred = (EmbeddingModel("resnet18", dims=16, head_norm=h).train()(x) for h in ("none", "batchnorm"))
+    assert plain.mean(0).norm() > 0.5 > 0.2 > centred.mean(0).norm()  # shared direction removed
+    with pytest.raises(Exception, match="head_norm"):
+        EmbeddingModel("resnet18", dims=16, head_norm="layer")
+    with pytest.raises(CopydistillError, match="head_norm"):
+        TrainConfig(head_norm="layer").validate()
+
+    module = CopyDetectionModule(TrainConfig(arch="resnet18", dims=16, head_norm="batchnorm"))
+    module.student.train()(torch.randn(8, 3, 32, 32))  # move the running statistics off their init
+    save_student(module, tmp_path / "student.pt")
+    loaded = load_descriptor(f"ckpt:{tmp_path / 'student.pt'}")
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    module.student.eval()
+    with torch.no_grad():
+        expected = module.student(module.pixels(torch.from_numpy(pixels))).numpy()
+    assert np.allclose(loaded.embed_batch(pixels), expected, atol=1e-5)

@@ -32,6 +32,7 @@ class TrainConfig:
     dims: int = 512
     kd_dim: int | None = None  # compact mode: distilled feature width (§3.1)
     gem_p: float = 3.0
+    head_norm: str = "none"  # none: SSCD's head (§1.1) | batchnorm: BatchNorm1d before L2 (docs/training.md)
     # contrastive loss
     contrastive: str = "sscd"  # sscd: in-batch InfoNCE (§1.2) | moco: MoCo queue + hard negatives (§3.3)
     infonce_temperature: float = 0.05  # sscd only (so are infonce_weight, entropy_weight, directclr_*)
@@ -97,7 +98,8 @@ class TrainConfig:
             raise CopydistillError("batch_size must be >= 2 (InfoNCE needs negatives)")
         choices = {"contrastive": ("sscd", "moco"), "kd_objective": ("cross_entropy", "kl"),
                    "kd_views": ("both", "query"), "kd_target": ("view", "clean"),
-                   "kd_predictor": ("none", "linear", "mlp")}
+                   "kd_predictor": ("none", "linear", "mlp"),
+                   "head_norm": ("none", "batchnorm")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise CopydistillError(f"{name}={getattr(self, name)!r}; use {' or '.join(allowed)}")

@@ -108,6 +108,9 @@ STUDENTS = (
 )
 
 
+HEAD_NORMS = ("none", "batchnorm")
+
+
 def build_trunk(name: str) -> Trunk:
     """A registered trunk, or any timm model name prefixed with ``timm/``."""
     if name in TRUNKS:
@@ -124,9 +127,15 @@ class EmbeddingModel(nn.Module):
 
     Compact mode (§3.1, ``kd_dim`` set): the linear layer gives a ``kd_dim`` feature (the
     distillation target) and a projector maps it to the ``dims``-d descriptor.
+
+    ``head_norm="batchnorm"`` puts a BatchNorm1d after the linear layer (before L2): it removes
+    the component every image shares — a random trunk's GeM features are all positive, so a fresh
+    student's descriptors start at cosine ≈ 0.9 to each other — which SSCD's head leaves for the
+    loss to undo over many steps (docs/training.md). At inference it is a fixed affine map.
     """
 
-    def __init__(self, arch: str, dims: int = 512, gem_p: float = 3.0, kd_dim: int | None = None):
+    def __init__(self, arch: str, dims: int = 512, gem_p: float = 3.0, kd_dim: int | None = None,
+                 head_norm: str = "none"):
         super().__init__()
         trunk = build_trunk(arch)
         self.arch = arch
@@ -137,6 +146,10 @@ class EmbeddingModel(nn.Module):
         self.fc = nn.Linear(trunk.width, kd_dim or dims)
         nn.init.xavier_uniform_(self.fc.weight)
         nn.init.zeros_(self.fc.bias)
+        if head_norm not in HEAD_NORMS:
+            raise ModelSpecError(f"head_norm {head_norm!r}; use one of {', '.join(HEAD_NORMS)}")
+        self.head_norm = head_norm
+        self.head_bn = nn.BatchNorm1d(kd_dim or dims) if head_norm == "batchnorm" else None
         self.projector = nn.Linear(kd_dim, dims) if kd_dim else None
         self.norm = L2Norm()
 
@@ -147,6 +160,8 @@ class EmbeddingModel(nn.Module):
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(feature, descriptor), both L2-normalised; the same tensor unless in compact mode."""
         feature = self.fc(self.pool(self.trunk(x)))
+        if self.head_bn is not None:
+            feature = self.head_bn(feature)
         if self.projector is None:
             descriptor = self.norm(feature)
             return descriptor, descriptor

@@ -115,16 +115,18 @@ def load_checkpoint(path: Path, spec: str, resize: ResizePolicy | None, device: 
     data = load_weights(path)
     if "state_dict" in data and "arch" in data:  # student.pt
         arch, dims, kd_dim, gem_p = data["arch"], data["dims"], data.get("kd_dim"), data.get("gem_p", 3.0)
+        head_norm = data.get("head_norm", "none")
         state, stored_resize = data["state_dict"], data.get("resize")
     elif "hyper_parameters" in data and "config" in data["hyper_parameters"]:  # Lightning checkpoint
         config = data["hyper_parameters"]["config"]
         arch, dims, kd_dim, gem_p = config["arch"], config["dims"], config.get("kd_dim"), config.get("gem_p", 3.0)
+        head_norm = config.get("head_norm", "none")
         state = {k.removeprefix("student."): v for k, v in data["state_dict"].items() if k.startswith("student.")}
         stored_resize = config.get("val_resize")
     else:
         raise ModelSpecError(f"{path}: not a copydistill student (student.pt) or training checkpoint (.ckpt)")
     try:
-        model = EmbeddingModel(arch, dims=dims, kd_dim=kd_dim, gem_p=gem_p)
+        model = EmbeddingModel(arch, dims=dims, kd_dim=kd_dim, gem_p=gem_p, head_norm=head_norm)
     except ModelSpecError as err:
         raise ModelSpecError(f"{path}: {err}") from err
     load_checked(model, state, path, f"the student {arch} ({dims}-d)")

@@ -53,7 +53,8 @@ class CopyDetectionModule(L.LightningModule):
         super().__init__()
         self.config = config.validate()
         self.save_hyperparameters({"config": vars(config)})
-        self.student = EmbeddingModel(config.arch, dims=config.dims, kd_dim=config.kd_dim, gem_p=config.gem_p)
+        self.student = EmbeddingModel(config.arch, dims=config.dims, kd_dim=config.kd_dim, gem_p=config.gem_p,
+                                      head_norm=config.head_norm)
         self.pixels = PixelInput()
         self.infonce = self.directclr = self.mixup = self.key_encoder = self.moco = None
         if config.contrastive == "moco":  # exported student = the query encoder alone

@@ -95,7 +95,7 @@ def student_descriptor(module: CopyDetectionModule, resize: str, name: str = "st
 def save_student(module: CopyDetectionModule, path: Path) -> None:
     """A self-describing student file (tensors and plain values: loads with weights_only=True)."""
     c = module.config
-    payload = {"arch": c.arch, "dims": c.dims, "kd_dim": c.kd_dim, "gem_p": c.gem_p,
+    payload = {"arch": c.arch, "dims": c.dims, "kd_dim": c.kd_dim, "gem_p": c.gem_p, "head_norm": c.head_norm,
                "resize": c.val_resize, "state_dict": {k: v.cpu() for k, v in module.student.state_dict().items()}}
     with atomic_write(path, "wb") as handle:
         torch.save(payload, handle)
