@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from copydistill.augment.mixup import ContrastiveMixup
 from copydistill.losses.contrastive import DirectCLR, InfoNCEEntropy, match_matrix
-from copydistill.losses.distill import MemoryBank, SimilarityDistillation
+from copydistill.losses.distill import BatchRelationDistillation, MemoryBank, SimilarityDistillation
 from copydistill.losses.moco import MoCoHardNegative
 
 
@@ -631,3 +631,25 @@ def test_key_regression_is_two_minus_two_cosine_and_pulls_towards_the_key():
     before.backward()
     moved = torch.nn.functional.normalize(student.detach() - 0.1 * student.grad, dim=1)
     assert float(KeyRegression()(moved, keys)[0]) < float(before)
+
+
+def test_batch_relation_distillation_against_a_loop_and_coordinate_free():
+    torch.manual_seed(0)
+    teacher = F.normalize(torch.randn(6, 8), dim=1)
+    student = F.normalize(torch.randn(6, 4), dim=1).requires_grad_()  # another width: no shared space
+    loss, stats = BatchRelationDistillation(0.1, 0.2)(student, teacher)
+    expected = 0.0
+    for i in range(6):
+        others = [j for j in range(6) if j != i]
+        p_t = torch.softmax(torch.stack([teacher[i] @ teacher[j] / 0.1 for j in others]), 0)
+        log_p_s = torch.log_softmax(torch.stack([student[i] @ student[j] / 0.2 for j in others]), 0)
+        expected += (p_t * (p_t.log() - log_p_s)).sum() / 6
+    assert torch.allclose(loss, expected, atol=1e-6) and torch.isclose(stats["kd_relation_kl"], expected.detach())
+    loss.backward()
+    assert student.grad.abs().sum() > 0
+    rotation = torch.linalg.qr(torch.randn(8, 8))[0]  # any rotation of the teacher's space: same loss
+    assert torch.allclose(BatchRelationDistillation(0.1, 0.2)(student, teacher @ rotation)[0], loss, atol=1e-5)
+    same, _ = BatchRelationDistillation(0.1, 0.1)(teacher.clone(), teacher)
+    assert same.abs() < 1e-6
+    with pytest.raises(ValueError):
+        BatchRelationDistillation(0.0, 0.1)

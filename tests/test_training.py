@@ -775,7 +775,8 @@ def test_kd_predictor_is_trained_with_the_student_and_not_exported(predictor):
     from copydistill.train.module import CopyDetectionModule
 
     config = TrainConfig(arch="resnet18", dims=16, batch_size=4, image_size=32, mixup=False, teacher="x",
-                         bank_size=16, kd_weight=1.0, kd_regression_weight=1.0, kd_predictor=predictor)
+                         bank_size=16, kd_weight=1.0, kd_regression_weight=1.0, kd_relation_weight=1.0,
+                         kd_predictor=predictor)
     module = CopyDetectionModule(config, teacher=None, teacher_dims=32)  # 16-d student, 32-d teacher
     module.log = module.log_dict = lambda *a, **k: None
     batch = {"views": torch.randint(0, 256, (4, 2, 3, 32, 32), dtype=torch.uint8), "index": torch.arange(4),

@@ -54,6 +54,7 @@ class TrainConfig:
     kd_prepend_current: bool = True  # bank = [current keys ; queue] (§2.4) or the queue alone (§3.4)
     kd_views: str = "both"  # views the teacher sees: both (§2.4) | query (view0 only, RDCD §3.2)
     kd_regression_weight: float = 0.0  # >0: + w·(2 − 2cos(student, own teacher key)) (KeyRegression)
+    kd_relation_weight: float = 0.0  # >0: + w·KL of the batch's view similarities (BatchRelationDistillation)
     kd_predictor: str = "none"  # none: the feature itself is distilled (§2.4) | linear | mlp head
     kd_target: str = "view"  # view: the teacher embeds each view (§2.4) | clean: it embeds each
     # unedited image once, and both views are distilled towards that key (docs/training.md)
@@ -135,7 +136,7 @@ _RANGES = {
     "image_size": (16, 8192, True), "workers": (0, None, True), "dims": (1, None, True),
     "kd_dim": (1, None, True), "gem_p": (0, None, False), "infonce_temperature": (0, None, False),
     "infonce_weight": (0, None, True), "entropy_weight": (0, None, True), "directclr_dim": (0, None, True),
-    "directclr_weight": (0, None, True), "moco_weight": (0, None, True), "kd_weight": (0, None, True),
+    "directclr_weight": (0, None, True), "moco_weight": (0, None, True), "kd_weight": (0, None, True), "kd_relation_weight": (0, None, True),
     "kd_teacher_temperature": (0, None, False), "kd_student_temperature": (0, None, False),
     "bank_size": (1, None, True), "cached_views": (0, None, True), "base_lr": (0, None, False),
     "absolute_lr": (0, None, False), "weight_decay": (0, None, True), "momentum": (0, 1, True),

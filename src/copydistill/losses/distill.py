@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from copydistill.losses.distributed import gather
+from copydistill.losses.distributed import gather, gather_with_grad
 
 
 class MemoryBank(nn.Module):
@@ -124,3 +124,35 @@ class KeyRegression(nn.Module):
             cosine = (F.normalize(student.float(), dim=1) * teacher).sum(1)
             loss = (2.0 - 2.0 * cosine).mean()
         return loss, {"kd_key_cos": cosine.mean().detach()}
+
+
+class BatchRelationDistillation(nn.Module):
+    """Match the student's similarities among the batch's views to the teacher's, in each one's
+    own space (coordinate-free, as similarity-preserving KD), over the other views j ≠ i:
+
+        p_t,ij = softmax_j(t_i·t_j/τ_t),  p_s,ij = softmax_j(s_i·s_j/τ_s),  L = mean_i KL(p_t,i ‖ p_s,i)
+
+    Unlike the bank terms, the student never has to reach the teacher's coordinates: it learns
+    which views the teacher finds alike (the twin view, and copies or near-copies among the other
+    images) as soft InfoNCE targets. Gathered over ranks (student rows keep their gradients).
+    """
+
+    def __init__(self, teacher_temperature: float = 0.05, student_temperature: float = 0.05):
+        super().__init__()
+        if teacher_temperature <= 0 or student_temperature <= 0:
+            raise ValueError("distillation temperatures must be > 0")
+        self.teacher_temperature = teacher_temperature
+        self.student_temperature = student_temperature
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        teacher = gather(F.normalize(teacher.detach().float(), dim=1))
+        with torch.autocast(student.device.type, enabled=False):
+            student = gather_with_grad(F.normalize(student.float(), dim=1))
+            self_pairs = torch.eye(student.shape[0], dtype=torch.bool, device=student.device)
+            t = (teacher @ teacher.T / self.teacher_temperature).masked_fill(self_pairs, float("-inf"))
+            s = (student @ student.T / self.student_temperature).masked_fill(self_pairs, float("-inf"))
+            log_p_teacher, log_p_student = F.log_softmax(t, dim=1), F.log_softmax(s, dim=1)
+            p_teacher = log_p_teacher.exp()
+            terms = p_teacher * (log_p_teacher - log_p_student)
+            kl = terms.masked_fill(self_pairs, 0.0).sum(1).mean()
+        return kl, {"kd_relation_kl": kl.detach()}

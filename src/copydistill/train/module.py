@@ -29,7 +29,8 @@ from torch import nn
 from copydistill.augment.mixup import ContrastiveMixup
 from copydistill.config import TrainConfig
 from copydistill.losses.contrastive import DirectCLR, InfoNCEEntropy, match_matrix
-from copydistill.losses.distill import KeyRegression, MemoryBank, SimilarityDistillation
+from copydistill.losses.distill import (BatchRelationDistillation, KeyRegression, MemoryBank,
+                                         SimilarityDistillation)
 from copydistill.losses.distributed import world
 from copydistill.losses.moco import MoCoHardNegative
 from copydistill.models.backbones import EmbeddingModel
@@ -72,6 +73,7 @@ class CopyDetectionModule(L.LightningModule):
         object.__setattr__(self, "teacher", teacher)
         self.distill = self.kd_head = None
         self.key_regression = KeyRegression()
+        self.relation = BatchRelationDistillation(config.kd_teacher_temperature, config.kd_student_temperature)
         if config.teacher is not None or teacher is not None:
             dims = teacher_dims or getattr(teacher, "dims", None) or config.kd_dim or config.dims
             if config.kd_predictor != "none":  # a head maps the student's feature into the teacher's space
@@ -122,6 +124,10 @@ class CopyDetectionModule(L.LightningModule):
                 regression, regression_stats = self.key_regression(feature, keys)
                 loss = loss + self.config.kd_regression_weight * regression
                 stats |= regression_stats
+            if self.config.kd_relation_weight:
+                relation, relation_stats = self.relation(feature, keys)
+                loss = loss + self.config.kd_relation_weight * relation
+                stats |= relation_stats
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
         self.log_dict({f"train/{k}": v for k, v in stats.items()}, batch_size=b)
         return loss
