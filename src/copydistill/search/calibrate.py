@@ -30,7 +30,8 @@ from copydistill.errors import CopydistillError
 from copydistill.eval.metrics import operating_point, precision_recall_curve
 from copydistill.io.atomic import atomic_write_text
 from copydistill.models.descriptor import Descriptor
-from copydistill.search.index import fingerprint_hash, model_file, normalise_spec, vector_key
+from copydistill.models.registry import model_file, normalise_spec
+from copydistill.search.index import fingerprint_hash, vector_key
 
 FORMAT = "copydistill-calibration/1"
 DEFAULT_THRESHOLD = 0.75

@@ -369,7 +369,7 @@ def cmd_dedup(args) -> None:
     from copydistill.search.calibrate import resolve_threshold
     from copydistill.search.dedup import find_copies
     from copydistill.search.gallery import dedup_gallery
-    from copydistill.search.index import normalise_spec
+    from copydistill.models.registry import normalise_spec
 
     check_output_file(args.out, "--out")
     check_output_file(args.html, "--html")

@@ -44,6 +44,7 @@ from copydistill.io.images import list_images
 from copydistill.io import skiplist
 from copydistill.io.skiplist import read_skip_list
 from copydistill.models.descriptor import Descriptor
+from copydistill.models.registry import normalise_spec
 
 FORMAT = "copydistill-index/1"
 MODEL_FILE = "model.json"
@@ -52,27 +53,12 @@ CACHE_DIR = "embed-cache"
 DEFAULT_FACTORY = "Flat"
 MAX_TRAIN = 100_000  # vectors sampled to train a factory that needs training (IVF, PQ, ...)
 DEFAULT_NPROBE = 16  # IVF lists visited per query (FAISS' own default, 1, loses many copies)
-FILE_SPEC_KINDS = ("onnx", "torchscript", "sscd-torchscript", "ckpt")
 DECODE = "8-bit RGB, EXIF orientation applied, transparency composited on white"
 
 
 # --------------------------------------------------------------------------------------------
 # Model identity
 # --------------------------------------------------------------------------------------------
-
-
-def normalise_spec(spec: str) -> str:
-    """Make the file path of a file-backed model spec absolute, so the index can reload it."""
-    kind, sep, rest = spec.partition(":")
-    if sep and kind in FILE_SPEC_KINDS and rest:
-        return f"{kind}:{Path(rest).expanduser().resolve()}"
-    return spec
-
-
-def model_file(spec: str) -> Path | None:
-    """The weights file a spec names (``onnx:PATH`` ...), or None for built-in models."""
-    kind, sep, rest = spec.partition(":")
-    return Path(rest).expanduser() if sep and kind in FILE_SPEC_KINDS and rest else None
 
 
 def vector_key(fingerprint: dict) -> dict:
