@@ -137,7 +137,8 @@ def test_the_error_names_ckpt_and_the_architectures():
 @pytest.mark.usefixtures("drop_big_files")
 def test_an_index_built_with_a_relative_sscd_torchvision_path_stores_it_absolute(tmp_path, monkeypatch):
     from copydistill.data.procedural import procedural_image
-    from copydistill.search.index import MODEL_FILE, build_index
+    from copydistill.search.index import build_index
+    from copydistill.search.store import MODEL_FILE
 
     (tmp_path / "refs").mkdir()
     for i in range(3):

@@ -178,15 +178,16 @@ def _embedder(args):
 
 
 def _cmd_embed(args) -> None:
-    from copydistill.data.disc import folder_records, isc_image_names, no_images_error
-    from copydistill.eval.embed import Embeddings, resumable
+    from copydistill.data.disc import isc_image_names
+    from copydistill.io.embeddings import Embeddings, resumable
+    from copydistill.io.records import folder_records, no_images_error
 
     records = folder_records(args.images)  # ids: paths relative to --images, as index and dedup
     if not records:
         raise no_images_error(args.images)
     embed = _embedder(args)
     descriptor = _load(args, args.model)
-    done = resumable(args.out, descriptor, records)
+    done = resumable(args.out, descriptor.fingerprint(), records)
     if done:
         print(f"copydistill: resuming an interrupted run: {done} of {len(records)} images were "
               "already embedded", file=sys.stderr)
