@@ -134,15 +134,8 @@ def _embed_into(descriptor, records, out, on_error, desc, progress, workers) -> 
     return assemble_parts(parts, descriptor.dims, out)
 
 
-def embed_with_skip_list(
-    descriptor: Descriptor,
-    records: list[ImageRecord],
-    out: str | Path | None = None,
-    *,
-    on_error: OnError = "skip",
-    desc: str = "embed",
-    progress: bool = True,
-) -> tuple[Embeddings, dict[str, str]]:
+def embed_with_skip_list(descriptor: Descriptor, records: list[ImageRecord], out: str | Path | None, *,
+                         on_error: OnError, desc: str, progress: bool) -> tuple[Embeddings, dict[str, str]]:
     """``embed_records`` into ``out`` (a temporary folder, removed after, when None) and the
     {path: reason} of the files it skipped."""
     if out is None:

@@ -283,7 +283,7 @@ def search_index(
         raise CopydistillError(f"--k must be at least 1, got {k}")
     ref_index.check_descriptor(descriptor)
     records = query_records(queries)
-    embeddings, skipped = embed_with_skip_list(descriptor, records, on_error=on_error, desc="queries",
+    embeddings, skipped = embed_with_skip_list(descriptor, records, None, on_error=on_error, desc="queries",
                                                progress=progress)
     scores, rows = ref_index.search(embeddings.vectors, k, nprobe)
     results = []
