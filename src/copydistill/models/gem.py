@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import List
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -9,9 +11,9 @@ from torch.nn import functional as F
 from copydistill.models.descriptor import IMAGENET_MEAN, IMAGENET_STD
 
 
-def gem(x: torch.Tensor, p: float, eps: float = 1e-6, dim: int | tuple[int, ...] = (-2, -1)) -> torch.Tensor:
-    """Generalised mean of ``x`` over ``dim``: (mean max(x, eps)^p)^(1/p)."""
-    return x.clamp(min=eps).pow(p).mean(dim=dim).pow(1.0 / p)
+def gem(x: torch.Tensor, p: float, eps: float, dims: List[int]) -> torch.Tensor:  # noqa: UP006 (TorchScript)
+    """Generalised mean of ``x`` over ``dims``: (mean max(x, eps)^p)^(1/p)."""
+    return x.clamp(min=eps).pow(p).mean(dim=dims).pow(1.0 / p)
 
 
 class GeM(nn.Module):
@@ -23,7 +25,7 @@ class GeM(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return gem(x, self.p, self.eps)
+        return gem(x, self.p, self.eps, [-2, -1])
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -117,7 +117,7 @@ class DinoViT(nn.Module):
         tokens = self.vit.forward_features(x)  # (B, 1 + N, C), final norm applied
         prefix = self.vit.num_prefix_tokens
         cls, patches = tokens[:, 0], tokens[:, prefix:]
-        pooled = gem(patches, self.gem_p, dim=1)
+        pooled = gem(patches, self.gem_p, 1e-6, [1])
         return F.normalize(torch.cat([cls, pooled], dim=-1), dim=-1)
 
 
