@@ -23,7 +23,7 @@ import copydistill
 from copydistill.cli import main
 from copydistill.io.images import list_images
 from copydistill.io.lock import folder_lock
-from copydistill.search.index import load_index
+from copydistill.search.store import load_index
 
 SRC = str(Path(copydistill.__file__).resolve().parents[1])
 PROGRESS_BAR = re.compile(r"\d+%\|.*\| *\d+/\d+ \[")  # tqdm's (its \r reads back as a line break)

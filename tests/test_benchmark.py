@@ -4,7 +4,7 @@ import json
 import pytest
 
 from copydistill.data.benchmark import SIZES, make_benchmark
-from copydistill.data.disc import DiscLayout, read_ground_truth, records_from_folder
+from copydistill.data.disc import DiscLayout, read_ground_truth, disc_records
 from copydistill.errors import CopydistillError
 
 
@@ -20,9 +20,9 @@ def _digest(root):
 def test_layout_and_counts(tiny_benchmark):
     spec = SIZES["tiny"]
     layout = DiscLayout.find(tiny_benchmark)
-    refs = records_from_folder(layout.references)
-    queries = records_from_folder(layout.queries)
-    train = records_from_folder(layout.train)
+    refs = disc_records(layout.references)
+    queries = disc_records(layout.queries)
+    train = disc_records(layout.train)
     assert len(refs) == spec.matched + spec.distractor_references
     assert len(queries) == spec.matched + spec.unmatched_queries
     assert len(train) == spec.train

@@ -18,19 +18,21 @@ import pytest
 import torch
 
 from copydistill.cli import main
-from copydistill.data.disc import folder_records, records_from_folder
+from copydistill.data.disc import disc_records
 from copydistill.data.procedural import procedural_image
 from copydistill.errors import CopydistillError, ImageError
-from copydistill.eval import embed as embed_module
+from copydistill.io import embeddings as store
 from copydistill.eval.distributed_embed import embed_records_distributed, rank_chunks
-from copydistill.eval.embed import Embeddings, embed_records
+from copydistill.eval.embed import embed_records
+from copydistill.io.embeddings import Embeddings
+from copydistill.io.records import folder_records
 from copydistill.models.registry import load_descriptor
 
 SPEC, RESIZE, CHUNK = "resnet18:dims=64,seed=0", "square:48", 4
 RUNNER = """
 import sys
-from copydistill.eval import embed
-embed.CHUNK = int(sys.argv[1])
+from copydistill.io import embeddings
+embeddings.CHUNK = int(sys.argv[1])
 from copydistill.cli import main
 sys.exit(main(sys.argv[2:]))
 """
@@ -48,20 +50,20 @@ def images(tmp_path):
     for i in range(10):
         procedural_image(300 + i, long_side=(40, 72)).save(folder / f"img{i:02d}.jpg", quality=90)
     (folder / "img04_bad.jpg").write_bytes(b"not an image" * 8)
-    assert records_from_folder(folder)[5].path.name == "img04_bad.jpg"
+    assert disc_records(folder)[5].path.name == "img04_bad.jpg"
     return folder
 
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    monkeypatch.setattr(embed_module, "CHUNK", CHUNK)
+    monkeypatch.setattr(store, "CHUNK", CHUNK)
 
 
 @pytest.fixture
 def reference(images, small_chunks, tmp_path):
     """The single-process result and its cache folder."""
     out = tmp_path / "single"
-    return embed_records(_descriptor(), records_from_folder(images), out, progress=False), out
+    return embed_records(_descriptor(), disc_records(images), out, progress=False), out
 
 
 @pytest.fixture
@@ -130,21 +132,21 @@ def test_one_lightning_device_matches_embed_records(images, reference, tmp_path)
     expected, expected_out = reference
     descriptor = _descriptor()
     out = tmp_path / "lightning"
-    result = embed_records_distributed(descriptor, records_from_folder(images), out, progress=False,
+    result = embed_records_distributed(descriptor, disc_records(images), out, progress=False,
                                        accelerator="cpu", devices=1)
     _assert_same(result, out, expected, expected_out)
     assert descriptor.device == torch.device("cpu") and not descriptor.module.training
     # a finished folder is returned as it is, before any Trainer runs
     untouched = _descriptor()
     untouched.embed_pixels = lambda pixels: pytest.fail("a finished folder was recomputed")
-    again = embed_records_distributed(untouched, records_from_folder(images), out, progress=False,
+    again = embed_records_distributed(untouched, disc_records(images), out, progress=False,
                                       accelerator="cpu", devices=1)
     np.testing.assert_array_equal(again.vectors, expected.vectors)
 
 
 def test_resumes_from_the_parts_of_a_killed_run(images, reference, tmp_path):
     expected, expected_out = reference
-    records = records_from_folder(images)
+    records = disc_records(images)
     out = tmp_path / "resumed"
     _killed_run(records, out)
 
@@ -160,7 +162,7 @@ def test_resumes_from_the_parts_of_a_killed_run(images, reference, tmp_path):
 def test_fail_mode_raises_the_typed_error_and_keeps_finished_parts(images, small_chunks, tmp_path):
     out = tmp_path / "fail"
     with pytest.raises(ImageError) as info:
-        embed_records_distributed(_descriptor(), records_from_folder(images), out, on_error="fail",
+        embed_records_distributed(_descriptor(), disc_records(images), out, on_error="fail",
                                   progress=False, accelerator="cpu", devices=1)
     assert info.value.path.name == "img04_bad.jpg"
     assert [p.name for p in out.glob("part-*.npz")] == ["part-000000000.npz"]
@@ -182,7 +184,7 @@ def test_a_launcher_world_size_that_disagrees_with_the_options_is_an_error(image
     """torchrun with 2 processes but --devices 1 would make two full copies racing on one folder."""
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(CopydistillError, match="WORLD_SIZE.*--devices 1"):
-        embed_records_distributed(_descriptor(), records_from_folder(images), tmp_path / "o",
+        embed_records_distributed(_descriptor(), disc_records(images), tmp_path / "o",
                                   accelerator="cpu", devices=1)
 
 
@@ -203,7 +205,7 @@ def test_two_processes_match_embed_records(images, cli_reference, tmp_path):
 def test_two_processes_evaluate_disc_as_one(tiny_benchmark, tmp_path, monkeypatch):
     """``eval disc``: three splits and two models (torch and pHash) in one DDP job; with 32-image
     chunks rank 1 has nothing to embed for the queries and references, and half the train split."""
-    monkeypatch.setattr(embed_module, "CHUNK", 32)
+    monkeypatch.setattr(store, "CHUNK", 32)
     args = ["eval", "disc", "--data", str(tiny_benchmark), "--model", SPEC, "--model", "phash",
             "--resize", RESIZE, "--no-report"]
     assert main([*args, "--out", str(tmp_path / "single")]) == 0
@@ -227,12 +229,9 @@ def test_two_processes_reuse_the_parts_of_a_killed_run(images, cli_reference, tm
     out = tmp_path / "ddp"
     _killed_run(folder_records(images), out)
     for name in ("part-000000000.npz", "part-000000004.npz"):  # rank 0's first chunk, rank 1's only
-        part = embed_module.load_part(out / name)
-        with embed_module.atomic_write(out / name, "wb") as handle:
-            np.savez(handle, ids=np.array(part.embeddings.ids), vectors=-part.embeddings.vectors,
-                     paths=np.array(part.embeddings.paths),
-                     skipped_paths=np.array([p for p, _ in part.skipped], dtype=str),
-                     skipped_reasons=np.array([e for _, e in part.skipped], dtype=str))
+        part = store.load_part(out / name)
+        part.embeddings.vectors = -part.embeddings.vectors
+        store.write_part(out / name, part)
     run = _embed_two_processes(images, out)
     assert run.returncode == 0, run.stderr[-3000:]
     result = Embeddings.load(out / "embeddings.npz")

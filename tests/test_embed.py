@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from copydistill.data.disc import ImageRecord, records_from_folder
+from copydistill.data.disc import disc_records
 from copydistill.data.procedural import procedural_image
 from copydistill.errors import (
     CopydistillError,
@@ -20,8 +20,10 @@ from copydistill.errors import (
     ImageError,
     TruncatedImageError,
 )
-from copydistill.eval import embed as embed_module
-from copydistill.eval.embed import Embeddings, embed_records
+from copydistill.eval.embed import embed_records
+from copydistill.io import embeddings as store
+from copydistill.io.embeddings import Embeddings
+from copydistill.io.records import ImageRecord
 from copydistill.models.descriptor import ResizePolicy
 from copydistill.models.phash import PHashDescriptor
 
@@ -78,7 +80,7 @@ BAD = ("bad_truncated.jpg", "bad_garbage.jpg", "bad_empty.jpg")
 
 
 def test_skip_lists_bad_files(messy_folder, tmp_path):
-    records = records_from_folder(messy_folder)
+    records = disc_records(messy_folder)
     assert len(records) == 7
     out = tmp_path / "out"
     result = embed_records(PHashDescriptor(), records, out, on_error="skip", progress=False)
@@ -101,7 +103,7 @@ def test_skip_lists_bad_files(messy_folder, tmp_path):
 
 
 def test_skip_without_out_dir(messy_folder):
-    result = embed_records(PHashDescriptor(), records_from_folder(messy_folder), progress=False)
+    result = embed_records(PHashDescriptor(), disc_records(messy_folder), progress=False)
     assert sorted(result.ids) == [f"good{i}" for i in range(4)]
 
 
@@ -116,7 +118,7 @@ def test_fail_raises_typed_error(tmp_path, name, error_type):
     bad = folder / name
     bad.write_bytes(truncated_jpeg_bytes() if "truncated" in name else b"")
     with pytest.raises(error_type) as info:
-        embed_records(PHashDescriptor(), records_from_folder(folder), tmp_path / "out",
+        embed_records(PHashDescriptor(), disc_records(folder), tmp_path / "out",
                       on_error="fail", progress=False)
     assert isinstance(info.value, ImageError)
     assert info.value.path == bad
@@ -137,11 +139,11 @@ def seven_images(tmp_path):
     for i in range(7):
         save_jpeg(procedural_image(200 + i, long_side=(40, 72)), folder / f"img{i}.jpg")
     (folder / "img1.jpg").write_bytes(truncated_jpeg_bytes())
-    return records_from_folder(folder)
+    return disc_records(folder)
 
 
 def test_resume_after_interrupt(seven_images, tmp_path, monkeypatch):
-    monkeypatch.setattr(embed_module, "CHUNK", 2)
+    monkeypatch.setattr(store, "CHUNK", 2)
     records = seven_images
     out = tmp_path / "run"
     reference = embed_records(PHashDescriptor(), records, None, progress=False)
@@ -186,7 +188,7 @@ def test_resume_after_interrupt(seven_images, tmp_path, monkeypatch):
 
 
 def test_interrupted_parts_of_another_model_are_not_reused(seven_images, tmp_path, monkeypatch):
-    monkeypatch.setattr(embed_module, "CHUNK", 2)
+    monkeypatch.setattr(store, "CHUNK", 2)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         embed_records(CountingPHash(interrupt_on=3), seven_images, out, progress=False)
@@ -287,7 +289,7 @@ def test_embed_records_explicit_records(tmp_path):
 def test_interrupted_parts_of_another_image_list_are_not_reused(
     seven_images, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(embed_module, "CHUNK", 2)
+    monkeypatch.setattr(store, "CHUNK", 2)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         embed_records(CountingPHash(interrupt_on=3), seven_images, out, progress=False)

@@ -8,12 +8,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from copydistill.data.disc import canonical_id, read_ground_truth
+from copydistill.data.disc import GroundTruthPair, canonical_id, read_ground_truth
 from copydistill.errors import CopydistillError
 from copydistill.eval.metrics import (
     NOT_FOUND_RANK,
     DuplicatePredictionError,
-    GroundTruthPair,
     Metrics,
     Prediction,
     evaluate,

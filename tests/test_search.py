@@ -17,7 +17,7 @@ from copydistill.cli import main
 from copydistill.data.disc import DiscLayout, canonical_id, read_ground_truth
 from copydistill.data.procedural import procedural_image
 from copydistill.errors import CopydistillError
-from copydistill.eval import embed as embed_module
+from copydistill.io import embeddings as store
 from copydistill.eval.disc import evaluate_disc
 from copydistill.eval.metrics import Prediction, evaluate
 from copydistill.io.lock import LOCK_FILE
@@ -33,15 +33,8 @@ from copydistill.search.calibrate import (
 )
 from copydistill.search.dedup import connected_groups, find_copies, similar_pairs
 from copydistill.search.gallery import find_chromium, screenshot
-from copydistill.search.index import (
-    CACHE_DIR,
-    MODEL_FILE,
-    SKIPPED_FILE,
-    add_to_index,
-    build_index,
-    load_index,
-    search_index,
-)
+from copydistill.search.index import add_to_index, build_index, search_index
+from copydistill.search.store import CACHE_DIR, MODEL_FILE, SKIPPED_FILE, load_index
 
 STUDENT, STUDENT_RESIZE = "resnet18:dims=32", "square:64"
 
@@ -141,7 +134,7 @@ class InterruptingPHash(PHashDescriptor):
 
 
 def test_interrupted_build_resumes(refs, phash_index, tmp_path, monkeypatch):
-    monkeypatch.setattr(embed_module, "CHUNK", 8)
+    monkeypatch.setattr(store, "CHUNK", 8)
     out = tmp_path / "index"
     with pytest.raises(KeyboardInterrupt):
         build_index(refs, InterruptingPHash(interrupt_on=2), out, spec="phash", progress=False)

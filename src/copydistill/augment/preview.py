@@ -17,7 +17,7 @@ def contact_sheet(out: str | Path, setting: str = "ADVANCED", images: Path | Non
     """Rows: the source image then ``views`` augmented views of it."""
     paths = list_images(images) if images else package_photo_paths()
     if not paths:
-        from copydistill.data.disc import no_images_error
+        from copydistill.io.records import no_images_error
 
         raise no_images_error(Path(images))
     paths = paths[:count]

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from copydistill.errors import DataLayoutError
-from copydistill.eval.metrics import GroundTruthPair
 from copydistill.io.atomic import atomic_write
-from copydistill.io.images import IMAGE_EXTENSIONS, list_images, scan_images
+from copydistill.io.records import ImageRecord, folder_records
 
 ID_PATTERN = re.compile(r"^([QRT])(\d+)$")
 ID_WIDTH = {"Q": 5, "R": 6, "T": 6}
@@ -51,31 +50,9 @@ def canonical_id(stem: str) -> str:
 
 
 @dataclass(frozen=True)
-class ImageRecord:
-    id: str
-    path: Path
-
-
-def folder_records(folder: str | Path) -> list[ImageRecord]:
-    """The one id rule for a folder of images (embed, index, dedup): id = the file's path relative
-    to ``folder`` (``2024/IMG_0001.jpg``), so ids are always unique; paths are absolute.
-
-    Sub-folders that cannot be listed come last as records of the folder itself: loading one
-    raises ``UnreadableFolderError``, so it is skipped (and listed) like an unreadable file.
-    """
-    folder = Path(folder)
-    root = folder.resolve()
-    files, unreadable = scan_images(folder)
-    records = [ImageRecord(p.relative_to(folder).as_posix(), root / p.relative_to(folder)) for p in files]
-    return records + [ImageRecord(p.relative_to(folder).as_posix() + "/", root / p.relative_to(folder))
-                      for p, _ in unreadable]
-
-
-def no_images_error(folder: Path) -> DataLayoutError:
-    return DataLayoutError(
-        f"{folder}: no images found (searched recursively for "
-        f"{', '.join(sorted(IMAGE_EXTENSIONS))}). Pass the folder that holds your images."
-    )
+class GroundTruthPair:
+    query: str
+    reference: str
 
 
 def isc_image_names(ids: list[str]) -> list[str]:
@@ -93,10 +70,10 @@ def isc_image_names(ids: list[str]) -> list[str]:
     return names
 
 
-def records_from_folder(folder: Path) -> list[ImageRecord]:
-    """Image records of a DISC split; ids are canonical DISC ids of the file stems (what the
-    ground truth names). Any other folder uses ``folder_records``."""
-    records = [ImageRecord(canonical_id(p.stem), p) for p in list_images(folder)]
+def disc_records(folder: Path) -> list[ImageRecord]:
+    """Image records of a DISC split: ``folder_records`` with each id replaced by the canonical
+    DISC id of the file's stem (what the ground truth names). Refuses two files with one id."""
+    records = [ImageRecord(canonical_id(PurePosixPath(r.id).stem), r.path) for r in folder_records(folder)]
     seen: dict[str, Path] = {}
     for r in records:
         if r.id in seen:

@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from copydistill.data.copydays import CopydaysImage, CopydaysLayout
-from copydistill.data.disc import ImageRecord, records_from_folder
+from copydistill.data.disc import disc_records
 from copydistill.errors import CopydistillError
-from copydistill.eval.embed import Embeddings, OnError, embed_records
+from copydistill.eval.embed import OnError, embed_records
+from copydistill.io.embeddings import Embeddings
+from copydistill.io.records import ImageRecord
 from copydistill.eval.matching import PCAWhitening, knn_search
 from copydistill.io.atomic import atomic_write_text
 from copydistill.models.descriptor import Descriptor
@@ -79,7 +81,7 @@ def evaluate_copydays(
         raise CopydistillError(f"{layout.root / 'original'}: no original could be decoded")
     index = Embeddings([o.id for o in kept_originals], np.stack([by_id[o.id] for o in kept_originals]))
     if distractors is not None:
-        extra = embed_records(descriptor, records_from_folder(distractors), out / "embeddings" / "distractors",
+        extra = embed_records(descriptor, disc_records(distractors), out / "embeddings" / "distractors",
                               on_error=on_error, desc="distractors")
         index = Embeddings(index.ids + [f"distractor/{i}" for i in extra.ids],
                            np.concatenate([index.vectors, extra.vectors]))
@@ -87,7 +89,7 @@ def evaluate_copydays(
     rows = [{"codec": "Flat", **copydays_metrics(layout, kept_queries, query_vectors, index.ids,
                                                   index.vectors, k)}]
     if whitening is not None:
-        train = embed_records(descriptor, records_from_folder(whitening), out / "embeddings" / "whitening",
+        train = embed_records(descriptor, disc_records(whitening), out / "embeddings" / "whitening",
                               on_error=on_error, desc="whitening")
         dims = min(descriptor.dims if codec_dims is None else codec_dims, descriptor.dims)
         if len(train) <= dims:

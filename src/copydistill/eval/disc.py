@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from copydistill.data.disc import DiscLayout, read_ground_truth, records_from_folder
+from copydistill.data.disc import DiscLayout, GroundTruthPair, disc_records, read_ground_truth
 from copydistill.errors import CopydistillError
-from copydistill.eval.embed import Embeddings, OnError, embed_records
+from copydistill.eval.embed import OnError, embed_records
 from copydistill.eval.matching import (
     PCAWhitening,
     global_predictions,
@@ -25,9 +25,10 @@ from copydistill.eval.matching import (
     knn_predictions,
     sscd_score_bias,
 )
-from copydistill.eval.metrics import GroundTruthPair, Metrics, Prediction, evaluate
+from copydistill.eval.metrics import Metrics, Prediction, evaluate
 from copydistill.eval.predictions import write_predictions
 from copydistill.io.atomic import atomic_write_text, ensure_dir
+from copydistill.io.embeddings import Embeddings
 from copydistill.models.descriptor import Descriptor
 
 ScoreNorm = Literal["sscd", "isc", "none"]
@@ -117,7 +118,7 @@ def evaluate_disc(
     splits = {"queries": layout.queries, "references": layout.references}
     if layout.train is not None:
         splits["train"] = layout.train
-    listed = {split: records_from_folder(folder) for split, folder in splits.items()}
+    listed = {split: disc_records(folder) for split, folder in splits.items()}
     gt = read_ground_truth(layout.ground_truth)  # a wrong file fails before any embedding
     _check_ground_truth(gt, layout, listed)
     embeddings: dict[str, Embeddings] = {}

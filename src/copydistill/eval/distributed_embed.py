@@ -28,20 +28,18 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader, Dataset
 
-from copydistill.data.disc import ImageRecord
 from copydistill.errors import CopydistillError
-from copydistill.eval.embed import (
+from copydistill.eval.embed import OnError, assemble_parts, embed_part
+from copydistill.io.embeddings import (
     Embeddings,
-    OnError,
-    assemble_parts,
     cache_meta,
     chunk_starts,
-    embed_part,
     load_finished,
     load_part,
     part_path,
     start_cache,
 )
+from copydistill.io.records import ImageRecord
 from copydistill.models.descriptor import Descriptor
 from copydistill.models.torch_descriptor import TorchDescriptor
 
@@ -94,7 +92,7 @@ class ChunkEmbedder(L.LightningModule):
         failure = None
         if self.trainer.is_global_zero:
             try:
-                start_cache(self.out, cache_meta(self.descriptor, self.records))
+                start_cache(self.out, cache_meta(self.descriptor.fingerprint(), self.records))
             except Exception as err:  # noqa: BLE001 -- reported to every rank
                 failure = ("preparing the cache folder", err)
         _raise_first_failure(failure)
@@ -218,7 +216,7 @@ def embed_records_distributed(
         workers = max(2, cpus // devices)
     out = Path(out_dir)
     trainer = build_trainer(accelerator, devices, num_nodes, out, progress)
-    meta = cache_meta(descriptor, records)
+    meta = cache_meta(descriptor.fingerprint(), records)
     final = load_finished(out, meta)
     if final is not None:
         return final if trainer.is_global_zero else None

@@ -17,7 +17,7 @@ import faiss
 import numpy as np
 
 from copydistill.errors import CopydistillError
-from copydistill.eval.embed import Embeddings
+from copydistill.io.embeddings import Embeddings
 from copydistill.eval.metrics import Prediction
 
 

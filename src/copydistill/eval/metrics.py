@@ -16,15 +16,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from copydistill.data.disc import GroundTruthPair
 from copydistill.errors import CopydistillError
 
 NOT_FOUND_RANK = 2**35
-
-
-@dataclass(frozen=True)
-class GroundTruthPair:
-    query: str
-    reference: str
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ conversion of uint8 RGB pixels to whatever the network wants. Callers hand it de
 from __future__ import annotations
 
 import hashlib
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,3 +142,20 @@ class Descriptor(ABC):
                 chunk = indices[start : start + self.batch_size]
                 out[chunk] = self.embed_batch(np.stack([pixels[i] for i in chunk]))
         return out
+
+
+def vector_key(fingerprint: dict) -> dict:
+    """What makes two models produce the same vectors: weights, dims, resize (not the spec text)."""
+    return {k: v for k, v in sorted(fingerprint.items()) if k != "model"}
+
+
+def fingerprint_hash(fingerprint: dict) -> str:
+    """16 hex digits naming a ``vector_key``: the key of per-model files (calibrations, caches)."""
+    text = json.dumps(vector_key(fingerprint), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def describe_model(spec: str, fingerprint: dict) -> str:
+    """One line for messages: the spec, dims, resize and the start of the weights' identity."""
+    return (f"{spec} ({fingerprint.get('dims')} dims, resize {fingerprint.get('resize')}, "
+            f"weights {str(fingerprint.get('identity'))[:16]})")

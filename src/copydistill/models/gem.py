@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from typing import List
+
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from copydistill.models.descriptor import IMAGENET_MEAN, IMAGENET_STD
+
+
+def gem(x: torch.Tensor, p: float, eps: float, dims: List[int]) -> torch.Tensor:  # noqa: UP006 (TorchScript)
+    """Generalised mean of ``x`` over ``dims``: (mean max(x, eps)^p)^(1/p)."""
+    return x.clamp(min=eps).pow(p).mean(dim=dims).pow(1.0 / p)
 
 
 class GeM(nn.Module):
@@ -16,7 +25,7 @@ class GeM(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.clamp(min=self.eps).pow(self.p).mean(dim=(-2, -1)).pow(1.0 / self.p)
+        return gem(x, self.p, self.eps, [-2, -1])
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -30,7 +39,7 @@ class L2Norm(nn.Module):
 class PixelInput(nn.Module):
     """uint8 RGB NHWC pixels -> ImageNet-normalised float NCHW, so models own their preprocessing."""
 
-    def __init__(self, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0, persistent=False)

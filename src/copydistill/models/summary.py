@@ -1,4 +1,4 @@
-"""``copydistill models list``: every registered architecture with size and cost."""
+"""``copydistill models list``: every registered architecture with size and cost, and every spec kind."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from copydistill.models.backbones import STUDENTS, TRUNKS, EmbeddingModel
+from copydistill.models.registry import spec_kinds
 
 
 def count_gflops(model: torch.nn.Module, size: int = 224) -> float:
@@ -25,5 +26,9 @@ def model_table(flops: bool = True, dims: int = 512) -> str:
         gflops = f"{count_gflops(model):.2f}" if flops else "–"
         role = "student" if name in STUDENTS else "teacher"
         lines.append(f"{name:<24} {role:<8} {params:>10.2f} {width:>6} {gflops:>11}")
-    lines.append("also: phash, pdq, sscd-int8, onnx:PATH, torchscript:PATH, timm/<any timm model>")
+    lines.append("")
+    lines.append("model specs (--model SPEC):")
+    kinds = spec_kinds()
+    width = max(len(k.usage) for k in kinds)
+    lines += [f"  {k.usage:<{width}}  {k.help}" for k in kinds]
     return "\n".join(lines)

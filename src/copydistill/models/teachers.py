@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from copydistill.errors import ModelSpecError
 from copydistill.io.torch_files import torch_load_safely
-from copydistill.models.gem import GeM
+from copydistill.models.gem import GeM, gem
 
 
 def load_weights(path: str | Path) -> dict:
@@ -117,8 +117,8 @@ class DinoViT(nn.Module):
         tokens = self.vit.forward_features(x)  # (B, 1 + N, C), final norm applied
         prefix = self.vit.num_prefix_tokens
         cls, patches = tokens[:, 0], tokens[:, prefix:]
-        gem = patches.clamp(min=1e-6).pow(self.gem_p).mean(dim=1).pow(1.0 / self.gem_p)
-        return F.normalize(torch.cat([cls, gem], dim=-1), dim=-1)
+        pooled = gem(patches, self.gem_p, 1e-6, [1])
+        return F.normalize(torch.cat([cls, pooled], dim=-1), dim=-1)
 
 
 DINO_PREFIXES = ("module.", "backbone.")

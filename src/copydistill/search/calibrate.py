@@ -27,10 +27,10 @@ import numpy as np
 
 from copydistill.data.disc import DiscLayout
 from copydistill.errors import CopydistillError
-from copydistill.eval.metrics import operating_point, precision_recall_curve
+from copydistill.eval.metrics import label_predictions, operating_point, precision_recall_curve
 from copydistill.io.atomic import atomic_write_text
-from copydistill.models.descriptor import Descriptor
-from copydistill.search.index import fingerprint_hash, model_file, normalise_spec, vector_key
+from copydistill.models.descriptor import Descriptor, fingerprint_hash, vector_key
+from copydistill.models.registry import model_file, normalise_spec
 
 FORMAT = "copydistill-calibration/1"
 DEFAULT_THRESHOLD = 0.75
@@ -114,8 +114,7 @@ def calibrate(
     row = result.row("Flat", normalised=False)
     predictions = result.predictions[(row.codec, row.score_norm)]
     scores = np.array([p.score for p in predictions], dtype=np.float64)
-    positives = {(g.query, g.reference) for g in result.gt}
-    labels = np.array([(p.query, p.reference) in positives for p in predictions], dtype=bool)
+    labels = label_predictions(result.gt, predictions)
     precision, recall, thresholds = precision_recall_curve(scores, labels, len(result.gt))
     points = {f"{p:g}": operating_point(precision, recall, thresholds, p) for p in PRECISIONS}
     calibration = Calibration(

@@ -8,18 +8,19 @@ byte-identical files inside a group are flagged as exact duplicates.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from copydistill.errors import CopydistillError
-from copydistill.eval.embed import OnError, embed_records
+from copydistill.eval.embed import OnError, embed_with_skip_list
+from copydistill.io.records import folder_records, keyed_by_path, no_images_error
 from copydistill.models.descriptor import Descriptor, file_sha256
-from copydistill.search.index import folder_records, no_images_error, read_skip_list
 
 RANGE_BATCH = 4096  # query rows per range search (bounds the result memory)
 
@@ -47,23 +48,13 @@ def similar_pairs(vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, np
 
 
 def connected_groups(n: int, left: np.ndarray, right: np.ndarray) -> list[list[int]]:
-    """Union-find over the links; components of two or more, members in index order."""
-    parent = list(range(n))
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    for a, b in zip(left.tolist(), right.tolist(), strict=True):
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    groups: dict[int, list[int]] = {}
-    for i in range(n):
-        groups.setdefault(find(i), []).append(i)
-    return [members for members in groups.values() if len(members) > 1]
+    """Connected components of the links (scipy) with two or more members, members in index
+    order, components in the order of their first member."""
+    graph = coo_matrix((np.ones(len(left), np.int8), (left, right)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    members = np.argsort(labels, kind="stable")
+    groups = np.split(members, np.cumsum(np.bincount(labels))[:-1])
+    return sorted((g.tolist() for g in groups if len(g) > 1), key=lambda g: g[0])
 
 
 @dataclass
@@ -155,12 +146,8 @@ def find_copies(
     records = folder_records(folder)
     if not records:
         raise no_images_error(folder)
-    with tempfile.TemporaryDirectory(prefix="copydistill-dedup-") as tmp:
-        out = Path(cache) if cache else Path(tmp)
-        by_path = [type(r)(str(r.path), r.path) for r in records]
-        embeddings = embed_records(descriptor, by_path, out, on_error=on_error, desc="dedup",
-                                   progress=progress)
-        skipped = read_skip_list(out / "skipped.tsv")
+    embeddings, skipped = embed_with_skip_list(descriptor, keyed_by_path(records), cache,
+                                               on_error=on_error, desc="dedup", progress=progress)
     groups = group_copies(list(embeddings.ids), embeddings.vectors, threshold)
     return DedupResult(str(folder), groups, len(embeddings), threshold, skipped,
                        time.perf_counter() - start)
