@@ -28,8 +28,10 @@ from copydistill.train.data import (
     collate,
     image_teacher_keys,
 )
-from copydistill.train.module import CopyDetectionModule
+from copydistill.train.distillation import DistillationModule
+from copydistill.train.module import DescriptorModule
 from copydistill.train.outputs import resume_point
+from copydistill.train.teacher import teacher_keys_for
 
 STUDENT_FILE = "student.pt"
 
@@ -82,7 +84,7 @@ class ViewsData(L.LightningDataModule):
             self.loader.sampler.resume_from(epoch, batches * self.loader.batch_size)
 
 
-def student_descriptor(module: CopyDetectionModule, resize: str, name: str = "student") -> TorchDescriptor:
+def student_descriptor(module: DescriptorModule, resize: str, name: str = "student") -> TorchDescriptor:
     """The student as a Descriptor (a copy on the CPU, in eval mode)."""
     import copy
 
@@ -92,7 +94,7 @@ def student_descriptor(module: CopyDetectionModule, resize: str, name: str = "st
                            identity=f"{c.arch}-trained")
 
 
-def save_student(module: CopyDetectionModule, path: Path) -> None:
+def save_student(module: DescriptorModule, path: Path) -> None:
     """A self-describing student file (tensors and plain values: loads with weights_only=True)."""
     c = module.config
     payload = {"arch": c.arch, "dims": c.dims, "kd_dim": c.kd_dim, "gem_p": c.gem_p, "head_norm": c.head_norm,
@@ -160,16 +162,13 @@ def export_student_files(folder: Path, formats: list[str]) -> list[Path]:
     return written
 
 
-def load_teacher(spec: str | None, threads: int | None = None) -> tuple[object | None, Descriptor | None]:
-    """(what the module calls, the Descriptor): torch teachers run as modules on the device."""
+def load_teacher(spec: str | None, threads: int | None = None) -> Descriptor | None:
+    """The teacher the spec names, as a Descriptor (None: no distillation)."""
     if spec is None:
-        return None, None
+        return None
     from copydistill.models.registry import load_descriptor
 
-    descriptor = load_descriptor(spec, threads=threads)
-    if isinstance(descriptor, TorchDescriptor):
-        return descriptor.module, descriptor
-    return descriptor, descriptor
+    return load_descriptor(spec, threads=threads)
 
 
 def cpu_has_bf16() -> bool:
@@ -212,7 +211,7 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
         raise CopydistillError("train_images is not set: pass train_images=FOLDER")
     ckpt = resume_point(config, resume)  # refuses another run's out_dir and unsafe checkpoints
     L.seed_everything(config.seed, workers=True, verbose=False)
-    teacher, teacher_descriptor = load_teacher(config.teacher)
+    teacher_descriptor = load_teacher(config.teacher)
     augment = SSCDAugment(config.augmentations, config.image_size, config.crop_scale_min)
     cache_dir = config.cache_dir or out / "cache"
     view_teacher = teacher_descriptor if config.kd_target == "view" else None
@@ -224,7 +223,11 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
     if teacher_descriptor is not None and config.kd_target == "clean":
         dataset = WithImageKeys(dataset, image_teacher_keys(config.train_images, teacher_descriptor,
                                                             cache_dir, progress))
-    module = CopyDetectionModule(config, teacher, teacher_descriptor.dims if teacher_descriptor else None)
+    if teacher_descriptor is None:
+        module = DescriptorModule(config)
+    else:
+        teacher = teacher_keys_for(teacher_descriptor, bf16_on_gpu=config.precision != "32-true")
+        module = DistillationModule(config, teacher)
     callbacks: list[Callback] = [
         ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,  # last.ckpt
                         **({"every_n_train_steps": config.checkpoint_every_n_steps}
