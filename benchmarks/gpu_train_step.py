@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from copydistill.config import TrainConfig
+from copydistill.config import config_from_dict
 from copydistill.models.backbones import PixelModel
 from copydistill.models.teachers import FrozenTeacher, SSCDResNet50
 from copydistill.train.distillation import DistillationModule
@@ -26,10 +26,10 @@ from copydistill.train.teacher import TorchTeacher
 
 def measure(student: str, batch: int, size: int, bf16: bool, channels_last: bool, teacher: bool,
             steps: int, warmup: int) -> dict:
-    config = TrainConfig(arch=student, dims=512, batch_size=batch, image_size=size, mixup=False,
+    config = config_from_dict(dict(arch=student, dims=512, batch_size=batch, image_size=size, mixup=False,
                          teacher="sscd-r50" if teacher else None, bank_size=65_536,
                          channels_last=channels_last, entropy_weight=10,
-                         precision="bf16-mixed" if bf16 else "32-true")
+                         precision="bf16-mixed" if bf16 else "32-true"))
     teacher_module = PixelModel(FrozenTeacher(SSCDResNet50())).cuda().eval() if teacher else None
     if teacher_module is not None and channels_last:
         teacher_module = teacher_module.to(memory_format=torch.channels_last)

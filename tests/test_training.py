@@ -21,7 +21,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from copydistill.config import TrainConfig, load_config
+from copydistill.config import FLAT, TrainConfig, config_from_dict, dump_config, load_config, to_flat
 from copydistill.errors import CopydistillError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,6 +51,11 @@ def images(tmp_path_factory) -> Path:
     return folder
 
 
+def options(**flat) -> TrainConfig:
+    """A checked config from flat option names."""
+    return config_from_dict(flat)
+
+
 def _config(images: Path, out: Path, *overrides: str) -> TrainConfig:
     return load_config(None, [f"train_images={images}", f"out_dir={out}", *TINY, *overrides])
 
@@ -70,18 +75,65 @@ def test_load_config_yaml_plus_overrides(tmp_path):
                                   "teacher=~", "absolute_lr=0.01", "kd_dim=", "channels_last=False",
                                   "train_images=/x/y", "export=[torchscript, onnx]"])
     assert isinstance(config, TrainConfig)
-    assert config.arch == "resnet18" and config.dims == 64  # from the file
-    assert config.epochs == 3 and type(config.epochs) is int
-    assert config.base_lr == 0.1 and type(config.base_lr) is float
-    assert config.absolute_lr == 0.01
-    assert config.mixup is True and config.channels_last is False
-    assert config.val_data is None and config.teacher is None and config.kd_dim is None
-    assert config.weight_decay == pytest.approx(1e-6)
-    assert config.train_images == "/x/y"
-    assert config.export == ["torchscript", "onnx"]
-    assert config.bank_size == TrainConfig().bank_size  # untouched defaults
+    assert config.student.arch == "resnet18" and config.student.dims == 64  # from the file
+    assert config.trainer.epochs == 3 and type(config.trainer.epochs) is int
+    assert config.optimiser.base_lr == 0.1 and type(config.optimiser.base_lr) is float
+    assert config.optimiser.absolute_lr == 0.01
+    assert config.objective.sscd.mixup is True and config.student.channels_last is False
+    assert config.data.val_data is None and config.distillation is None and config.student.kd_dim is None
+    assert config.optimiser.weight_decay == pytest.approx(1e-6)
+    assert config.data.train_images == "/x/y"
+    assert config.trainer.export == ["torchscript", "onnx"]
+    assert config.data == replace_data(TrainConfig().data, train_images="/x/y")  # untouched defaults
     # no file: defaults plus overrides
-    assert load_config(None, ["dims=16"]).dims == 16
+    assert load_config(None, ["dims=16"]).student.dims == 16
+
+
+def replace_data(data, **changes):
+    import dataclasses
+
+    return dataclasses.replace(data, **changes)
+
+
+def test_nested_recipes_and_overrides_mean_the_same_as_flat_ones(tmp_path):
+    """Recipes and overrides may name options flat (``kd_weight``) or nested
+    (``distillation.weight``, a ``distillation:`` section); config.yaml is nested and loads back."""
+    flat = load_config(None, ["teacher=sscd-int8", "kd_weight=1.0", "contrastive=moco", "kd_dim=512",
+                              "moco_queue_size=8", "optimizer=sgd", "student_size=64", "epochs=24"])
+    recipe = tmp_path / "nested.yaml"
+    recipe.write_text("distillation:\n  teacher: sscd-int8\n  weight: 1.0\nobjective:\n  kind: moco\n"
+                      "  moco: {queue_size: 8}\nstudent: {kd_dim: 512, input_size: 64}\n")
+    nested = load_config(recipe, ["optimiser.name=sgd", "trainer.epochs=24"])
+    assert flat == nested
+    assert flat.distillation.weight == 1.0 and flat.objective.moco.queue_size == 8
+    assert flat.optimiser.name == "sgd" and flat.student.input_size == 64 and flat.trainer.epochs == 24
+    (tmp_path / "config.yaml").write_text(dump_config(flat))
+    assert load_config(tmp_path / "config.yaml") == flat
+    assert "distillation:" in dump_config(flat) and "kd_weight" not in dump_config(flat)
+    # a teacher switched off by an override drops the whole section, its options with it
+    off = load_config(recipe, ["teacher=null", "kd_weight=0.5"])
+    assert off.distillation is None and off.objective.kind == "moco"
+    assert flat.replace(teacher=None, epochs=3).distillation is None
+    assert flat.replace(seed=4).trainer.seed == 4 and flat.trainer.seed == 0
+
+
+def test_every_option_has_one_flat_name_and_round_trips_through_it():
+    import dataclasses
+
+    from copydistill.config import FLAT_OF, SECTIONS
+
+    leaves = [f"{path}.{f.name}" for path, section in SECTIONS.items() for f in dataclasses.fields(section)
+              if not dataclasses.is_dataclass(f.type) and f.name not in ("sscd", "moco")]
+    assert sorted(FLAT_OF) == sorted(leaves) and len(set(FLAT)) == len(FLAT) == len(leaves)
+    config = load_config(None, ["teacher=x", "kd_weight=0.7", "dims=64", "hn_weight=2"])
+    assert config_from_dict(to_flat(config)) == config  # what checkpoints store
+    assert to_flat(config)["kd_weight"] == 0.7 and to_flat(TrainConfig())["teacher"] is None
+
+
+def test_gem_p_default_is_the_heads():
+    from copydistill.models.gem import GEM_P, GeM
+
+    assert TrainConfig().student.gem_p == GEM_P == GeM().p
 
 
 def test_load_config_rejects_unknown_keys_naming_them(tmp_path):
@@ -111,21 +163,23 @@ def test_load_config_other_errors(tmp_path):
         load_config(None, ["batch_size=1"])
     (tmp_path / "empty.yaml").write_text("")
     assert load_config(tmp_path / "empty.yaml") == TrainConfig()
+    with pytest.raises(CopydistillError, match="unknown option.*'student.bogus'"):
+        load_config(None, ["student.bogus=1"])
 
 
 def test_load_config_coerces_scientific_floats_and_rejects_bad_types(tmp_path):
     config = load_config(None, ["weight_decay=1e-6", "absolute_lr=2e-3"])
-    assert type(config.weight_decay) is float and config.weight_decay == 1e-6
-    assert type(config.absolute_lr) is float and config.absolute_lr == 2e-3
+    assert type(config.optimiser.weight_decay) is float and config.optimiser.weight_decay == 1e-6
+    assert type(config.optimiser.absolute_lr) is float and config.optimiser.absolute_lr == 2e-3
     (tmp_path / "r.yaml").write_text("weight_decay: 1e-6\n")
-    assert type(load_config(tmp_path / "r.yaml").weight_decay) is float
+    assert type(load_config(tmp_path / "r.yaml").optimiser.weight_decay) is float
     with pytest.raises(CopydistillError):
         load_config(None, ["dims=abc"])
 
 
 def test_load_config_python_none_spelling():
     config = load_config(None, ["teacher=None", "val_data=None"])
-    assert config.teacher is None and config.val_data is None
+    assert config.distillation is None and config.data.val_data is None
 
 
 @pytest.mark.parametrize("override,message", [
@@ -143,7 +197,7 @@ def test_load_config_python_none_spelling():
 ])
 def test_moco_config_is_checked_with_clear_errors(override, message):
     valid = ["contrastive=moco", "teacher=sscd-int8", "kd_dim=512", "dims=64", "mixup=false"]
-    assert load_config(None, valid).contrastive == "moco"
+    assert load_config(None, valid).objective.kind == "moco"
     with pytest.raises(CopydistillError, match=message):
         load_config(None, [*valid, override])
 
@@ -174,7 +228,7 @@ def _module(**overrides):
     values = dict(arch="mobilenetv4_conv_small", dims=32, teacher="x", bank_size=50, batch_size=4,
                   image_size=32, mixup=True, sync_bn=False)
     values.update(overrides)
-    config = TrainConfig(**values)
+    config = config_from_dict(values)
     teacher = _tiny_teacher()
     torch.manual_seed(1)
     return DistillationModule(config, TorchTeacher(teacher, 32)), teacher
@@ -263,7 +317,7 @@ def test_module_rejects_teacher_dims_mismatch():
     from copydistill.train.teacher import TorchTeacher
 
     with pytest.raises(ValueError, match="teacher gives 32-d keys"):
-        DistillationModule(TrainConfig(arch="mobilenetv4_conv_small", dims=16, teacher="x"),
+        DistillationModule(options(arch="mobilenetv4_conv_small", dims=16, teacher="x"),
                            TorchTeacher(_tiny_teacher(), 32))
 
 
@@ -361,7 +415,7 @@ def test_moco_module_teacher_on_both_views_and_without_teacher():
     from copydistill.train.module import DescriptorModule
     from copydistill.train.objectives import MoCoObjective
 
-    plain = DescriptorModule(TrainConfig(arch="mobilenetv4_conv_small", contrastive="moco", dims=16,
+    plain = DescriptorModule(options(arch="mobilenetv4_conv_small", contrastive="moco", dims=16,
                                          moco_queue_size=6, batch_size=4, mixup=False, sync_bn=False))
     assert isinstance(plain.objective, MoCoObjective) and not hasattr(plain, "distill")
     out = plain.training_step(_batch(1), 0)
@@ -386,7 +440,7 @@ def test_checkpoints_from_before_the_objective_submodule_still_load():
 def test_warmup_is_measured_in_real_epochs_when_max_steps_is_set():
     from copydistill.train.module import DescriptorModule
 
-    config = TrainConfig(arch="mobilenetv4_conv_small", dims=32, batch_size=4, epochs=10, max_steps=12,
+    config = options(arch="mobilenetv4_conv_small", dims=32, batch_size=4, epochs=10, max_steps=12,
                          warmup_epochs=2.0, optimizer="sgd", absolute_lr=1.0)
     module = DescriptorModule(config)
     module._trainer = SimpleNamespace(estimated_stepping_batches=12, num_training_batches=3, world_size=1,
@@ -400,7 +454,7 @@ def test_warmup_is_measured_in_real_epochs_when_max_steps_is_set():
 def test_schedule_without_max_steps_warms_up_then_cosine():
     from copydistill.train.module import DescriptorModule
 
-    config = TrainConfig(arch="mobilenetv4_conv_small", dims=32, batch_size=4, epochs=4,
+    config = options(arch="mobilenetv4_conv_small", dims=32, batch_size=4, epochs=4,
                          warmup_epochs=1.0, optimizer="sgd", base_lr=0.3)
     module = DescriptorModule(config)
     module._trainer = SimpleNamespace(estimated_stepping_batches=12, num_training_batches=3, world_size=1)
@@ -460,7 +514,7 @@ def test_train_writes_checkpoint_student_exports_and_logs(trained):
     assert (trained / "final" / "student.onnx").is_file()
     assert not (trained / "final" / "student.torchscript.pt").exists()  # export=[onnx] only
     assert (trained / "config.yaml").is_file()
-    assert load_config(trained / "config.yaml").epochs == 2
+    assert load_config(trained / "config.yaml").trainer.epochs == 2
     metrics = list((trained / "logs").glob("version_*/metrics.csv"))
     assert len(metrics) == 1
     rows = list(csv.DictReader(metrics[0].open()))
@@ -650,7 +704,7 @@ def test_crop_scale_min_bounds_the_crop_area_and_is_checked(monkeypatch):
     with pytest.raises(ValueError, match="crop_scale_min"):
         SSCDAugment("SIMCLR", 32, crop_scale_min=0.0)
     with pytest.raises(CopydistillError, match="crop_scale_min"):
-        load_config(None, ["crop_scale_min=1.5"]).validate()
+        load_config(None, ["crop_scale_min=1.5"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -712,9 +766,9 @@ def test_recipe_runs_two_tiny_steps(recipe, images, tmp_path, teacher_files):
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 2
     assert (out / "final" / "student.pt").is_file()
-    if config.teacher:
+    if config.distillation:
         assert int(ckpt["state_dict"]["distill.bank.filled"]) > 0
-    if config.contrastive == "moco":
+    if config.objective.kind == "moco":
         assert int(ckpt["state_dict"]["objective.moco.queue.filled"]) == 2 * 4
         assert any(k.startswith("objective.key_encoder.") for k in ckpt["state_dict"])
         student = torch.load(out / "final" / "student.pt")["state_dict"]
@@ -765,7 +819,7 @@ def test_bf16_step_loss_is_within_bf16_noise_of_fp32():
     from copydistill.train.distillation import DistillationModule
     from copydistill.train.teacher import TorchTeacher
 
-    config = TrainConfig(arch="resnet18", dims=32, batch_size=4, image_size=32, mixup=False,
+    config = options(arch="resnet18", dims=32, batch_size=4, image_size=32, mixup=False,
                          teacher="x", bank_size=16, entropy_weight=1.0, kd_weight=1.0)
     torch.manual_seed(0)
     teacher = TorchTeacher(_tiny_teacher(), 32)  # keys come with the batch: never called
@@ -792,7 +846,7 @@ def test_precision_auto_uses_bf16_only_where_the_cpu_has_it(monkeypatch):
     assert run.resolve_precision(config, cuda=True) == "bf16-mixed"
     monkeypatch.setattr(run, "cpu_has_bf16", lambda: True)
     assert run.resolve_precision(config, cuda=False) == "bf16-mixed"
-    assert run.resolve_precision(TrainConfig(precision="32-true"), cuda=False) == "32-true"
+    assert run.resolve_precision(config_from_dict({"precision": "32-true"}), cuda=False) == "32-true"
 
 
 @pytest.mark.parametrize("predictor", ["linear", "mlp"])
@@ -800,7 +854,7 @@ def test_kd_predictor_is_trained_with_the_student_and_not_exported(predictor):
     from copydistill.train.distillation import DistillationModule
     from copydistill.train.teacher import TorchTeacher
 
-    config = TrainConfig(arch="resnet18", dims=16, batch_size=4, image_size=32, mixup=False, teacher="x",
+    config = options(arch="resnet18", dims=16, batch_size=4, image_size=32, mixup=False, teacher="x",
                          bank_size=16, kd_weight=1.0, kd_regression_weight=1.0, kd_predictor=predictor)
     module = DistillationModule(config, TorchTeacher(_tiny_teacher(), 32))  # 16-d student, 32-d teacher
     module.log = module.log_dict = lambda *a, **k: None
@@ -825,9 +879,9 @@ def test_head_norm_batchnorm_centres_a_fresh_student_and_round_trips(tmp_path):
     with pytest.raises(Exception, match="head_norm"):
         EmbeddingModel("resnet18", dims=16, head_norm="layer")
     with pytest.raises(CopydistillError, match="head_norm"):
-        TrainConfig(head_norm="layer").validate()
+        config_from_dict({"head_norm": "layer"})
 
-    module = DescriptorModule(TrainConfig(arch="resnet18", dims=16, head_norm="batchnorm"))
+    module = DescriptorModule(options(arch="resnet18", dims=16, head_norm="batchnorm"))
     module.student.train()(torch.randn(8, 3, 32, 32))  # move the running statistics off their init
     save_student(module, tmp_path / "student.pt")
     loaded = load_descriptor(f"ckpt:{tmp_path / 'student.pt'}")

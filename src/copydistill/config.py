@@ -1,240 +1,433 @@
-"""Typed training configuration, loaded from YAML and overridden with ``key=value`` arguments."""
+"""The training configuration: nested frozen dataclasses, one per component, checked when built.
+
+Layers (dinov2's): the dataclass defaults, then the recipe YAML, then ``key=value`` overrides,
+merged by OmegaConf's structured configs (which also converts and type-checks each value), then
+built and checked once. Every option has a flat public name (``kd_weight``, ``epochs``: the names
+recipes, commands and docs use, ``FLAT``) and a nested path (``distillation.weight``,
+``trainer.epochs``); recipes and overrides may use either. Defaults reproduce SSCD's DISC recipe
+(method.md §1.5). ``distillation`` is None without a teacher (``teacher=null``).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+import math
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from copydistill.errors import CopydistillError
+from copydistill.models.gem import GEM_P
+
+EXPORT_FORMATS = ("onnx", "torchscript")
+PRECISIONS = ("auto", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true",
+              "64-true", "64")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+KD_VIEWS = ("both", "query")  # the teacher sees both views (§2.4) or view0 only (RDCD §3.2)
+KD_TARGETS = ("view", "clean")  # the teacher embeds each view, or each unedited image once
 
 
-@dataclass
-class TrainConfig:
-    """Every knob of a training run. Defaults reproduce SSCD's DISC recipe (method.md §1.5)."""
+def _alias(section: object, name: str) -> str:
+    return FLAT_OF[f"{section.PATH}.{name}"]
 
-    # data
-    train_images: str = ""  # folder of training images (recursive)
-    val_data: str | None = None  # DISC-layout folder for validation µAP (None: no validation)
-    val_resize: str = "square:288"  # §1.5: validation at a 288x288 square resize
-    image_size: int = 224
-    augmentations: str = "ADVANCED"  # SIMCLR | STRONG_BLUR | ADVANCED
-    crop_scale_min: float = 0.08  # smallest crop area fraction (§1.3: 0.08)
-    student_size: int | None = None  # the student sees views resized to this (None: image_size);
-    # views are made, cached and shown to the teacher at image_size
-    mixup: bool = False
-    batch_size: int = 256  # images per process per step (2 views each)
-    workers: int = 4
-    # model
-    arch: str = "resnet50"
-    dims: int = 512
-    kd_dim: int | None = None  # compact mode: distilled feature width (§3.1)
-    gem_p: float = 3.0
-    head_norm: str = "none"  # none: SSCD's head (§1.1) | batchnorm: BatchNorm1d before L2 (docs/training.md)
-    # contrastive loss
-    contrastive: str = "sscd"  # sscd: in-batch InfoNCE (§1.2) | moco: MoCo queue + hard negatives (§3.3)
-    infonce_temperature: float = 0.05  # sscd only (so are infonce_weight, entropy_weight, directclr_*)
-    infonce_weight: float = 1.0  # 0 with a teacher: distillation alone
-    entropy_weight: float = 30.0
-    directclr_dim: int = 0  # >0 enables DirectCLR on the first N coordinates (§2.6)
+
+def _check_range(section: object, name: str, low: float, high: float | None = None, *,
+                 inclusive: bool = True) -> None:
+    """``name`` (None passes) must be >= low (> low if not inclusive) and <= high."""
+    value = getattr(section, name)
+    if value is None:
+        return
+    below = value < low if inclusive else value <= low
+    if not math.isfinite(value) or below or (high is not None and value > high):
+        bound = f"{'>=' if inclusive else '>'} {low}" + ("" if high is None else f" and <= {high}")
+        raise CopydistillError(f"{_alias(section, name)}={value} is out of range: it must be {bound}")
+
+
+def _check_choice(section: object, name: str, allowed) -> None:
+    value = getattr(section, name)
+    if value not in allowed:
+        raise CopydistillError(f"{_alias(section, name)}={value!r}; use {' or '.join(allowed)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudentConfig:
+    """trunk → GeM(p) → Linear → L2 (§1.1); compact mode (``kd_dim``) adds a projector (§3.1)."""
+
+    PATH: typing.ClassVar[str] = "student"
+    arch: str = "resnet50"  # a registered trunk or timm/<any timm model>
+    dims: int = 512  # descriptor width
+    kd_dim: int | None = None  # compact mode: the distilled feature's width (§3.1)
+    gem_p: float = GEM_P
+    head_norm: str = "none"  # none: SSCD's head (§1.1) | batchnorm: BatchNorm1d before L2
+    input_size: int | None = None  # the student sees views resized to this (None: data.image_size)
+    channels_last: bool = True  # on GPU only: on this CPU (fp32) it measured 0.92-0.98x
+
+    def __post_init__(self) -> None:
+        from copydistill.models.backbones import HEAD_NORMS, TRUNKS
+
+        if self.arch not in TRUNKS and not self.arch.startswith("timm/"):
+            raise CopydistillError(f"arch={self.arch!r} is not known; use {', '.join(TRUNKS)} or "
+                                   "timm/<any timm model>")
+        if self.arch.startswith("timm/"):
+            import timm
+
+            if not timm.is_model(self.arch.removeprefix("timm/")):
+                raise CopydistillError(f"arch={self.arch!r}: timm has no such model")
+        _check_range(self, "dims", 1)
+        _check_range(self, "kd_dim", 1)
+        _check_range(self, "gem_p", 0, inclusive=False)
+        _check_choice(self, "head_norm", HEAD_NORMS)
+        if self.input_size is not None and self.input_size < 16:
+            raise CopydistillError(f"student_size={self.input_size} must be >= 16 (or null)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class InfoNCEConfig:
+    """``objective.kind: sscd``: weight · (InfoNCE + λ·KoLeo) (§1.2) [+ DirectCLR (§2.6)], mixup (§1.4)."""
+
+    PATH: typing.ClassVar[str] = "objective.sscd"
+    temperature: float = 0.05
+    weight: float = 1.0  # 0 with a teacher: distillation alone
+    entropy_weight: float = 30.0  # KoLeo λ (30 for ResNet-50, 10 elsewhere, 0 = off)
+    directclr_dim: int = 0  # >0: DirectCLR on the first N coordinates (§2.6)
     directclr_weight: float = 1.0
-    moco_weight: float = 1.0  # λ_moco, scales L_moco + λ_hn·L_hn (§3.5)
-    moco_temperature: float = 0.07
-    moco_momentum: float = 0.99  # key encoder EMA m
-    moco_queue_size: int = 65_536
-    hn_weight: float = 5.0  # λ_hn; 0 = plain MoCo
-    # distillation (§2.4; RDCD's relational KL, §3.4)
-    teacher: str | None = None  # model spec; None trains without distillation
-    kd_weight: float = 0.1
-    kd_teacher_temperature: float = 0.05
-    kd_student_temperature: float = 0.05
-    kd_objective: str = "cross_entropy"  # cross_entropy (thesis, §2.4) | kl (RDCD, §3.4)
-    kd_prepend_current: bool = True  # bank = [current keys ; queue] (§2.4) or the queue alone (§3.4)
-    kd_views: str = "both"  # views the teacher sees: both (§2.4) | query (view0 only, RDCD §3.2)
-    kd_regression_weight: float = 0.0  # >0: + w·(2 − 2cos(student, own teacher key)) (KeyRegression)
-    kd_predictor: str = "none"  # none: the feature itself is distilled (§2.4) | linear | mlp head
-    kd_target: str = "view"  # view: the teacher embeds each view (§2.4) | clean: it embeds each
-    # unedited image once, and both views are distilled towards that key (docs/training.md)
+    mixup: bool = False
+
+    def __post_init__(self) -> None:
+        _check_range(self, "temperature", 0, inclusive=False)
+        for name in ("weight", "entropy_weight", "directclr_dim", "directclr_weight"):
+            _check_range(self, name, 0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MoCoConfig:
+    """``objective.kind: moco``: weight · (L_moco + hn_weight · L_hn) (§3.3, §3.5)."""
+
+    PATH: typing.ClassVar[str] = "objective.moco"
+    weight: float = 1.0
+    temperature: float = 0.07
+    momentum: float = 0.99  # key encoder EMA m
+    queue_size: int = 65_536
+    hn_weight: float = 5.0  # 0 = plain MoCo
+
+    def __post_init__(self) -> None:
+        _check_range(self, "weight", 0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ObjectiveConfig:
+    """The contrastive objective (``kind``, checked against ``train.module.OBJECTIVES``) and its settings."""
+
+    PATH: typing.ClassVar[str] = "objective"
+    kind: str = "sscd"  # sscd: in-batch InfoNCE (§1.2) | moco: MoCo queue + hard negatives (§3.3)
+    sscd: InfoNCEConfig = field(default_factory=InfoNCEConfig)
+    moco: MoCoConfig = field(default_factory=MoCoConfig)
+
+    def __post_init__(self) -> None:
+        from copydistill.train.module import OBJECTIVES
+
+        _check_choice(self, "kind", OBJECTIVES)
+        if self.kind == "moco":
+            self._check_moco()
+
+    def _check_moco(self) -> None:
+        """MoCo's settings; the sscd-only options that change the step must be off."""
+        m = self.moco
+        if not 0.0 <= m.momentum < 1.0:
+            raise CopydistillError(f"moco_momentum={m.momentum} must be in [0, 1)")
+        if m.temperature <= 0:
+            raise CopydistillError(f"moco_temperature={m.temperature} must be > 0")
+        if m.queue_size < 1:
+            raise CopydistillError(f"moco_queue_size={m.queue_size} must be >= 1")
+        if m.hn_weight < 0:
+            raise CopydistillError(f"hn_weight={m.hn_weight} must be >= 0")
+        if self.sscd.mixup:
+            raise CopydistillError("contrastive=moco has no mixup (RDCD trains without it, §3.5): set mixup=false")
+        if self.sscd.directclr_dim:
+            raise CopydistillError("DirectCLR is an InfoNCE variant of contrastive=sscd: set directclr_dim=0 with moco")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillationConfig:
+    """Memory-bank similarity distillation (§2.4; RDCD's relational KL, §3.4) from ``teacher``."""
+
+    PATH: typing.ClassVar[str] = "distillation"
+    teacher: str | None = None  # a model spec; a built config with no teacher has distillation None
+    weight: float = 0.1
+    teacher_temperature: float = 0.05
+    student_temperature: float = 0.05
+    objective: str = "cross_entropy"  # cross_entropy (thesis, §2.4) | kl (RDCD, §3.4)
+    prepend_current: bool = True  # bank = [current keys ; queue] (§2.4) or the queue alone (§3.4)
+    views: str = "both"  # views the teacher sees: both (§2.4) | query (view0 only, RDCD §3.2)
+    regression_weight: float = 0.0  # >0: + w·(2 − 2cos(student, own teacher key)) (KeyRegression)
+    predictor: str = "none"  # none: the feature itself is distilled (§2.4) | linear | mlp head
+    target: str = "view"  # view: the teacher embeds each view | clean: each unedited image once
     bank_size: int = 65_536
-    cached_views: int = 0  # >0: precompute this many views per image (and their teacher keys)
-    cache_dir: str | None = None
-    # optimisation (§1.5)
-    optimizer: str = "lars"  # lars | sgd | adamw
-    base_lr: float = 0.3  # lr = base_lr * global_batch / 256 unless absolute_lr is set
+
+    def __post_init__(self) -> None:
+        from copydistill.losses.distill import OBJECTIVES
+        from copydistill.train.distillation import PREDICTORS
+
+        if not self.teacher:
+            raise CopydistillError("teacher is empty: pass a model spec, or teacher=null for no distillation")
+        for name in ("weight", "regression_weight"):
+            _check_range(self, name, 0)
+        for name in ("teacher_temperature", "student_temperature"):
+            _check_range(self, name, 0, inclusive=False)
+        _check_range(self, "bank_size", 1)
+        for name, allowed in (("objective", OBJECTIVES), ("views", KD_VIEWS), ("target", KD_TARGETS),
+                              ("predictor", PREDICTORS)):
+            _check_choice(self, name, allowed)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimiserConfig:
+    """LARS / SGD / AdamW (``name``, checked against ``train.optim.OPTIMIZERS``), warmup + cosine (§1.5)."""
+
+    PATH: typing.ClassVar[str] = "optimiser"
+    name: str = "lars"
+    base_lr: float = 0.3  # lr = base_lr * global batch / 256 unless absolute_lr is set
     absolute_lr: float | None = None
     weight_decay: float = 1e-6
     momentum: float = 0.9
     warmup_epochs: float = 5.0
+
+    def __post_init__(self) -> None:
+        from copydistill.train.optim import OPTIMIZERS
+
+        _check_choice(self, "name", OPTIMIZERS)
+        for name in ("base_lr", "absolute_lr"):
+            _check_range(self, name, 0, inclusive=False)
+        _check_range(self, "weight_decay", 0)
+        _check_range(self, "momentum", 0, 1)
+        _check_range(self, "warmup_epochs", 0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Training views (§1.2, §1.3), their loader and cache, and the validation set."""
+
+    PATH: typing.ClassVar[str] = "data"
+    train_images: str = ""  # folder of training images (recursive)
+    val_data: str | None = None  # DISC-layout folder for validation µAP (None: no validation)
+    val_resize: str = "square:288"  # §1.5: validation at a 288x288 square resize
+    image_size: int = 224  # views are made, cached and shown to the teacher at this size
+    augmentations: str = "ADVANCED"
+    crop_scale_min: float = 0.08  # smallest crop area fraction (§1.3: 0.08)
+    batch_size: int = 256  # images per process per step (2 views each)
+    workers: int = 4
+    cached_views: int = 0  # >0: precompute this many views per image (and their teacher keys)
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        from copydistill.augment.sscd import SETTINGS
+        from copydistill.models.descriptor import ResizePolicy
+
+        if self.augmentations not in SETTINGS:
+            raise CopydistillError(f"augmentations={self.augmentations!r}; use {', '.join(SETTINGS)}")
+        if not 0.0 < self.crop_scale_min <= 1.0:
+            raise CopydistillError(f"crop_scale_min={self.crop_scale_min} must be in (0, 1]")
+        if self.batch_size < 2:
+            raise CopydistillError("batch_size must be >= 2 (InfoNCE needs negatives)")
+        _check_range(self, "image_size", 16, 8192)
+        _check_range(self, "workers", 0)
+        _check_range(self, "cached_views", 0)
+        try:
+            ResizePolicy.parse(self.val_resize)
+        except CopydistillError as err:
+            raise CopydistillError(f"val_resize: {err}") from err
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainerConfig:
+    """Length, hardware, outputs and logging of the Lightning run."""
+
+    PATH: typing.ClassVar[str] = "trainer"
     epochs: int = 100
     max_steps: int = -1
-    # trainer
     accelerator: str = "auto"
-    devices: str = "auto"
+    devices: str = "auto"  # auto, -1 (all) or a count
     num_nodes: int = 1
     precision: str = "auto"  # auto: bf16-mixed on GPU and on CPUs with AVX-512 BF16/AMX, else 32-true
-    channels_last: bool = True
     sync_bn: bool = True
     seed: int = 0
     out_dir: str = "runs/train"
     val_every_n_epochs: int = 1
-    checkpoint_every_n_steps: int = 0  # >0: also checkpoint mid-epoch (last.ckpt), for exact resume after a kill
+    checkpoint_every_n_steps: int = 0  # >0: also checkpoint mid-epoch (last.ckpt), for exact resume
     log_every_n_steps: int = 10
     export: list[str] = field(default_factory=lambda: ["torchscript", "onnx"])
 
-    def validate(self) -> TrainConfig:
-        if self.augmentations not in ("SIMCLR", "STRONG_BLUR", "ADVANCED"):
-            raise CopydistillError(f"augmentations={self.augmentations!r}; use SIMCLR, STRONG_BLUR or ADVANCED")
-        if not 0.0 < self.crop_scale_min <= 1.0:
-            raise CopydistillError(f"crop_scale_min={self.crop_scale_min} must be in (0, 1]")
-        if self.student_size is not None and self.student_size < 16:
-            raise CopydistillError(f"student_size={self.student_size} must be >= 16 (or null)")
-        if self.optimizer not in ("lars", "sgd", "adamw"):
-            raise CopydistillError(f"optimizer={self.optimizer!r}; use lars, sgd or adamw")
-        if self.kd_regression_weight < 0:
-            raise CopydistillError(f"kd_regression_weight={self.kd_regression_weight} must be >= 0")
-        if self.batch_size < 2:
-            raise CopydistillError("batch_size must be >= 2 (InfoNCE needs negatives)")
-        choices = {"contrastive": ("sscd", "moco"), "kd_objective": ("cross_entropy", "kl"),
-                   "kd_views": ("both", "query"), "kd_target": ("view", "clean"),
-                   "kd_predictor": ("none", "linear", "mlp"),
-                   "head_norm": ("none", "batchnorm")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise CopydistillError(f"{name}={getattr(self, name)!r}; use {' or '.join(allowed)}")
-        if self.contrastive == "moco":
-            self._validate_moco()
-        _check_ranges(self)
-        _check_choices(self)
-        return self
+    def __post_init__(self) -> None:
+        for name, low in (("epochs", 1), ("num_nodes", 1), ("val_every_n_epochs", 1),
+                          ("checkpoint_every_n_steps", 0), ("log_every_n_steps", 1)):
+            _check_range(self, name, low)
+        _check_range(self, "seed", 0, 2**32 - 1)
+        if self.max_steps != -1 and self.max_steps < 1:
+            raise CopydistillError(f"max_steps={self.max_steps}: use -1 (no limit) or a number >= 1")
+        bad = [f for f in self.export if f not in EXPORT_FORMATS]
+        if bad:
+            raise CopydistillError(f"export={self.export}: {', '.join(map(repr, bad))} not known; use a list "
+                                   f"of {' and '.join(EXPORT_FORMATS)} (or [] for none)")
+        if self.precision not in PRECISIONS:
+            raise CopydistillError(f"precision={self.precision!r}; use {', '.join(PRECISIONS)}")
+        if self.accelerator not in ACCELERATORS:
+            raise CopydistillError(f"accelerator={self.accelerator!r}; use {', '.join(ACCELERATORS)}")
+        devices = str(self.devices)
+        if devices != "auto" and not (devices.lstrip("-").isdigit() and (int(devices) >= 1 or devices == "-1")):
+            raise CopydistillError(f"devices={self.devices!r}; use auto, -1 (all) or a number >= 1")
 
-    def _validate_moco(self) -> None:
-        """MoCo settings (§3.3, §3.5); the sscd-only options must be off."""
-        if not 0.0 <= self.moco_momentum < 1.0:
-            raise CopydistillError(f"moco_momentum={self.moco_momentum} must be in [0, 1)")
-        if self.moco_temperature <= 0:
-            raise CopydistillError(f"moco_temperature={self.moco_temperature} must be > 0")
-        if self.moco_queue_size < 1:
-            raise CopydistillError(f"moco_queue_size={self.moco_queue_size} must be >= 1")
-        if self.hn_weight < 0:
-            raise CopydistillError(f"hn_weight={self.hn_weight} must be >= 0")
-        if self.mixup:
-            raise CopydistillError("contrastive=moco has no mixup (RDCD trains without it, §3.5): set mixup=false")
-        if self.directclr_dim:
-            raise CopydistillError("DirectCLR is an InfoNCE variant of contrastive=sscd: set directclr_dim=0 with moco")
-        if self.teacher is not None and self.kd_dim is None:
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """A whole run; the checks that span sections run here, after each section's own."""
+
+    student: StudentConfig = field(default_factory=StudentConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    distillation: DistillationConfig | None = None
+    optimiser: OptimiserConfig = field(default_factory=OptimiserConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def __post_init__(self) -> None:
+        if self.objective.sscd.directclr_dim > self.student.dims:
+            raise CopydistillError(f"directclr_dim={self.objective.sscd.directclr_dim} cannot exceed "
+                                   f"dims={self.student.dims}")
+        if self.objective.kind == "moco" and self.distillation is not None and self.student.kd_dim is None:
             raise CopydistillError(
                 "contrastive=moco with a teacher distils a compact student (§3.1): set kd_dim to the "
                 "teacher's width (512 for SSCD ResNet-50) and dims to the descriptor size (64/128/256)"
             )
 
+    def replace(self, **flat) -> TrainConfig:
+        """A copy with options changed, by flat name (``teacher=None``, ``out_dir=...``), checked."""
+        items = [(k, v, "the stored config") for k, v in to_nested(self).items()]
+        return build_config(_merge(OmegaConf.structured(TrainConfig), items + [(k, v, "replace") for k, v in flat.items()]))
 
-# (low, high, low inclusive): every number a run uses, checked before any model is built
-_RANGES = {
-    "image_size": (16, 8192, True), "workers": (0, None, True), "dims": (1, None, True),
-    "kd_dim": (1, None, True), "gem_p": (0, None, False), "infonce_temperature": (0, None, False),
-    "infonce_weight": (0, None, True), "entropy_weight": (0, None, True), "directclr_dim": (0, None, True),
-    "directclr_weight": (0, None, True), "moco_weight": (0, None, True), "kd_weight": (0, None, True),
-    "kd_teacher_temperature": (0, None, False), "kd_student_temperature": (0, None, False),
-    "bank_size": (1, None, True), "cached_views": (0, None, True), "base_lr": (0, None, False),
-    "absolute_lr": (0, None, False), "weight_decay": (0, None, True), "momentum": (0, 1, True),
-    "warmup_epochs": (0, None, True), "epochs": (1, None, True), "num_nodes": (1, None, True),
-    "seed": (0, 2**32 - 1, True), "val_every_n_epochs": (1, None, True),
-    "checkpoint_every_n_steps": (0, None, True), "log_every_n_steps": (1, None, True),
+
+SECTIONS = {c.PATH: c for c in (StudentConfig, ObjectiveConfig, InfoNCEConfig, MoCoConfig, DistillationConfig,
+                                OptimiserConfig, DataConfig, TrainerConfig)}
+# flat public name -> nested path; a name absent here is the same in both (``dims`` -> ``student.dims``)
+RENAMED = {
+    "student_size": "student.input_size", "contrastive": "objective.kind",
+    "infonce_temperature": "objective.sscd.temperature", "infonce_weight": "objective.sscd.weight",
+    "moco_weight": "objective.moco.weight", "moco_temperature": "objective.moco.temperature",
+    "moco_momentum": "objective.moco.momentum", "moco_queue_size": "objective.moco.queue_size",
+    "kd_weight": "distillation.weight", "kd_teacher_temperature": "distillation.teacher_temperature",
+    "kd_student_temperature": "distillation.student_temperature", "kd_objective": "distillation.objective",
+    "kd_prepend_current": "distillation.prepend_current", "kd_views": "distillation.views",
+    "kd_regression_weight": "distillation.regression_weight", "kd_predictor": "distillation.predictor",
+    "kd_target": "distillation.target", "optimizer": "optimiser.name",
 }
-EXPORT_FORMATS = ("onnx", "torchscript")
-PRECISIONS = ("auto", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true",
-              "64-true", "64")
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 
-def _check_ranges(config: TrainConfig) -> None:
-    import math
-
-    for name, (low, high, inclusive) in _RANGES.items():
-        value = getattr(config, name, None)
-        if value is None:
-            continue
-        below = value < low if inclusive else value <= low
-        if not math.isfinite(value) or below or (high is not None and value > high):
-            bound = f"{'>=' if inclusive else '>'} {low}" + ("" if high is None else f" and <= {high}")
-            raise CopydistillError(f"{name}={value} is out of range: it must be {bound}")
-    if config.max_steps != -1 and config.max_steps < 1:
-        raise CopydistillError(f"max_steps={config.max_steps}: use -1 (no limit) or a number >= 1")
-    if config.directclr_dim > config.dims:
-        raise CopydistillError(f"directclr_dim={config.directclr_dim} cannot exceed dims={config.dims}")
+def _leaf_paths() -> list[str]:
+    paths = []
+    for path, section in SECTIONS.items():
+        paths += [f"{path}.{f.name}" for f in dataclasses.fields(section) if f.name not in ("sscd", "moco")]
+    return paths
 
 
-def _check_choices(config: TrainConfig) -> None:
-    from copydistill.models.backbones import TRUNKS
-    from copydistill.models.descriptor import ResizePolicy
-
-    if config.arch not in TRUNKS and not config.arch.startswith("timm/"):
-        raise CopydistillError(f"arch={config.arch!r} is not known; use {', '.join(TRUNKS)} or "
-                               "timm/<any timm model>")
-    if config.arch.startswith("timm/"):
-        import timm
-
-        if not timm.is_model(config.arch.removeprefix("timm/")):
-            raise CopydistillError(f"arch={config.arch!r}: timm has no such model")
-
-    bad = [f for f in config.export if f not in EXPORT_FORMATS]
-    if bad:
-        raise CopydistillError(f"export={config.export}: {', '.join(map(repr, bad))} not known; use a list "
-                               f"of {' and '.join(EXPORT_FORMATS)} (or [] for none)")
-    try:
-        ResizePolicy.parse(config.val_resize)
-    except CopydistillError as err:
-        raise CopydistillError(f"val_resize: {err}") from err
-    if config.precision not in PRECISIONS:
-        raise CopydistillError(f"precision={config.precision!r}; use {', '.join(PRECISIONS)}")
-    if config.accelerator not in ACCELERATORS:
-        raise CopydistillError(f"accelerator={config.accelerator!r}; use {', '.join(ACCELERATORS)}")
-    devices = str(config.devices)
-    if devices != "auto" and not (devices.lstrip("-").isdigit() and (int(devices) >= 1 or devices == "-1")):
-        raise CopydistillError(f"devices={config.devices!r}; use auto, -1 (all) or a number >= 1")
+FLAT_OF = {path: name for name, path in RENAMED.items()}
+FLAT_OF |= {path: path.rsplit(".", 1)[1] for path in _leaf_paths() if path not in FLAT_OF}
+FLAT = {name: path for path, name in FLAT_OF.items()}  # every option's flat name -> its path
 
 
-def _coerce(name: str, value, annotation: str):
-    """Check and convert a value to its field's type (PyYAML reads ``1e-6`` as a string)."""
-    optional = "None" in annotation
-    if value is None or (optional and isinstance(value, str) and value.strip() in ("None", "none", "null", "")):
+def _field_type(path: str):
+    section, name = path.rsplit(".", 1)
+    return typing.get_type_hints(SECTIONS[section])[name]
+
+
+def _normalise(path: str, value, spelling: str):
+    """The spellings OmegaConf does not read: ``None``/empty for optional fields, and
+    ``export=onnx,torchscript``."""
+    hint = _field_type(path)
+    optional = type(None) in typing.get_args(hint)
+    if value is None or (isinstance(value, str) and value.strip() in ("None", "none", "null", "")
+                         and optional):
         if optional:
             return None
-        raise CopydistillError(f"{name} cannot be empty")
-    base = annotation.replace("| None", "").strip()
-    try:
-        if base == "float":
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if base == "int":
-            if isinstance(value, bool) or float(value) != int(float(value)):
-                raise ValueError
-            return int(float(value))
-        if base == "bool":
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("true", "yes", "1", "on"):
-                return True
-            if str(value).lower() in ("false", "no", "0", "off"):
-                return False
-            raise ValueError
-        if base == "str":
-            return str(value)
-        if base.startswith("list"):
-            if isinstance(value, str):  # export=onnx,torchscript
-                return [item.strip() for item in value.split(",") if item.strip()]
-            return list(value) if isinstance(value, (list, tuple)) else [value]
-    except (TypeError, ValueError) as err:
-        raise CopydistillError(f"{name}={value!r} is not a valid {base}") from err
+        raise CopydistillError(f"{spelling} cannot be empty")
+    if typing.get_origin(hint) is list and not isinstance(value, (list, tuple)):
+        return [item.strip() for item in value.split(",") if item.strip()] if isinstance(value, str) else [value]
     return value
 
 
+def _paths(key: str, value) -> list[tuple[str, object]]:
+    """(nested path, value) pairs a recipe or override key stands for; [] when unknown."""
+    if key in FLAT:
+        return [(FLAT[key], value)]
+    if key in SECTIONS and isinstance(value, dict):
+        pairs = []
+        for sub, subvalue in value.items():
+            found = _paths(f"{key}.{sub}", subvalue)
+            pairs += found or [(f"{key}.{sub}", _UNKNOWN)]
+        return pairs
+    if key == "distillation" and value is None:
+        return [("distillation", None)]
+    if key in FLAT_OF:
+        return [(key, value)]
+    return []
+
+
+_UNKNOWN = object()
+
+
+def _merge(config, items: list[tuple[str, object, str]]):
+    """Apply (key, value, source) items in order to an OmegaConf structured config; one-line errors."""
+    unknown = []
+    for key, value, _ in items:
+        if not _paths(key, value) or any(v is _UNKNOWN for _, v in _paths(key, value)):
+            unknown.append(key)
+    if unknown:
+        sources = sorted({source for key, _, source in items if key in unknown})
+        raise CopydistillError(f"unknown option(s) {sorted(unknown)} in {' and '.join(sources) or 'overrides'}; "
+                               f"known: {', '.join(FLAT)}")
+    for key, value, _ in items:
+        for path, leaf in _paths(key, value):
+            if path != "distillation":  # (``distillation: null`` sets the section itself)
+                leaf = _normalise(path, leaf, FLAT_OF.get(path, key))
+            try:
+                config = OmegaConf.merge(config, _nested_dict(path, leaf))
+            except OmegaConfBaseException as err:
+                expected = getattr(_field_type(path), "__name__", str(_field_type(path)))
+                raise CopydistillError(f"{FLAT_OF.get(path, key)}={leaf!r} is not a valid {expected}") from err
+    return config
+
+
+def _nested_dict(path: str, leaf) -> dict:
+    for part in reversed(path.split(".")):
+        leaf = {part: leaf}
+    return leaf
+
+
+def build_config(merged) -> TrainConfig:
+    """The frozen, checked config from a merged OmegaConf config."""
+    plain = OmegaConf.to_container(merged)
+    distillation = plain["distillation"]
+    objective = plain["objective"]
+    return TrainConfig(
+        student=StudentConfig(**plain["student"]),
+        objective=ObjectiveConfig(kind=objective["kind"], sscd=InfoNCEConfig(**objective["sscd"]),
+                                  moco=MoCoConfig(**objective["moco"])),
+        distillation=None if not distillation or distillation["teacher"] is None
+        else DistillationConfig(**distillation),
+        optimiser=OptimiserConfig(**plain["optimiser"]), data=DataConfig(**plain["data"]),
+        trainer=TrainerConfig(**plain["trainer"]),
+    )
+
+
+def config_from_dict(data: dict, source: str = "overrides") -> TrainConfig:
+    """A config from a mapping of flat names and/or sections (a recipe, a stored config.yaml)."""
+    return build_config(_merge(OmegaConf.structured(TrainConfig), [(k, v, source) for k, v in data.items()]))
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
-    """Read a YAML recipe (keys = ``TrainConfig`` fields) and apply ``key=value`` overrides."""
-    data: dict = {}
+    """defaults → the YAML recipe at ``path`` → ``key=value`` overrides, merged and checked once."""
+    items: list[tuple[str, object, str]] = []
     if path is not None:
         path = Path(path)
         try:
@@ -243,21 +436,34 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
             raise CopydistillError(f"{path}: cannot read the recipe ({err})") from err
         if not isinstance(data, dict):
             raise CopydistillError(f"{path}: a recipe is a mapping of option: value")
-    known = {f.name: f for f in fields(TrainConfig)}
+        items += [(str(k), v, str(path)) for k, v in data.items()]
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
             raise CopydistillError(f"override {item!r} must look like key=value")
-        data[key.strip()] = yaml.safe_load(value) if value.strip() else None
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise CopydistillError(f"unknown option(s) {unknown} in {path or 'overrides'}; known: {', '.join(known)}")
-    data = {key: _coerce(key, value, known[key].type) for key, value in data.items()}
-    try:
-        return TrainConfig(**data).validate()
-    except TypeError as err:
-        raise CopydistillError(f"bad recipe {path}: {err}") from err
+        items.append((key.strip(), yaml.safe_load(value) if value.strip() else None, "overrides"))
+    return build_config(_merge(OmegaConf.structured(TrainConfig), items))
+
+
+def to_nested(config: TrainConfig) -> dict:
+    """The config as nested plain values (what ``config.yaml`` holds)."""
+    return dataclasses.asdict(config)
+
+
+def to_flat(config: TrainConfig) -> dict:
+    """Every option by its flat name (checkpoints' ``hyper_parameters.config``, run comparisons);
+    without a teacher the distillation options read as their defaults and ``teacher`` as None."""
+    nested = to_nested(config)
+    if nested["distillation"] is None:
+        nested["distillation"] = {f.name: f.default for f in dataclasses.fields(DistillationConfig)}
+    flat = {}
+    for path, name in FLAT_OF.items():
+        value = nested
+        for part in path.split("."):
+            value = value[part]
+        flat[name] = value
+    return flat
 
 
 def dump_config(config: TrainConfig) -> str:
-    return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
+    return yaml.safe_dump(to_nested(config), sort_keys=False)

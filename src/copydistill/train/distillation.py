@@ -40,26 +40,27 @@ class DistillationModule(DescriptorModule):
 
     def __init__(self, config: TrainConfig, teacher: TeacherKeys):
         super().__init__(config)
+        kd = config.distillation
         self.teacher = teacher  # a plain object: not a submodule, so out of SyncBN, DDP and checkpoints
         width = self.student.feature_dim
         self.kd_head = None
-        if config.kd_predictor != "none":  # a head maps the student's feature into the teacher's space
-            self.kd_head = kd_predictor(config.kd_predictor, width, teacher.dims)
+        if kd.predictor != "none":  # a head maps the student's feature into the teacher's space
+            self.kd_head = kd_predictor(kd.predictor, width, teacher.dims)
         elif teacher.dims != width:
             raise ValueError(
                 f"teacher gives {teacher.dims}-d keys but the student's distilled feature is {width}-d; "
                 f"set dims (or kd_dim for a compact student) to {teacher.dims}"
             )
         self.distill = SimilarityDistillation(
-            MemoryBank(teacher.dims, config.bank_size, seed=config.seed),
-            config.kd_teacher_temperature, config.kd_student_temperature,
-            prepend_current=config.kd_prepend_current, objective=config.kd_objective,
+            MemoryBank(teacher.dims, kd.bank_size, seed=config.trainer.seed),
+            kd.teacher_temperature, kd.student_temperature, prepend_current=kd.prepend_current,
+            objective=kd.objective,
         )
-        self.key_regression = KeyRegression() if config.kd_regression_weight else None
+        self.key_regression = KeyRegression() if kd.regression_weight else None
 
     @property
     def student_sees_both_views(self) -> bool:
-        return self.config.kd_views == "both"
+        return self.config.distillation.views == "both"
 
     def training_step(self, batch: dict, batch_idx: int) -> dict:
         out = super().training_step(batch, batch_idx)
@@ -68,10 +69,11 @@ class DistillationModule(DescriptorModule):
         if self.kd_head is not None:
             features = nn.functional.normalize(self.kd_head(features), dim=1)
         kd, stats = self.distill(features.float(), keys)
-        loss = out["loss"] + self.config.kd_weight * kd
+        kd_config = self.config.distillation
+        loss = out["loss"] + kd_config.weight * kd
         if self.key_regression is not None:
             regression, regression_stats = self.key_regression(features, keys)
-            loss = loss + self.config.kd_regression_weight * regression
+            loss = loss + kd_config.regression_weight * regression
             stats |= regression_stats
         self.log_terms(stats, batch["views"].shape[0])
         return {"loss": loss, "output": output}
@@ -80,7 +82,7 @@ class DistillationModule(DescriptorModule):
         """(student features, teacher keys) row for row, for the views the teacher sees."""
         b = batch["views"].shape[0]
         views, features, mixed = output.views, output.features, output.mixed
-        both = output.both_views and self.config.kd_views == "both"
+        both = output.both_views and self.config.distillation.views == "both"
         if output.both_views and not both:  # rows are [view0 of all; view1 of all]: keep view0
             views, features, mixed = views[:b], features[:b], None if mixed is None else mixed[:b]
         if "teacher" not in batch:

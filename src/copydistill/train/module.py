@@ -9,11 +9,13 @@ plus the distillation loss, as solo-learn's methods do).
 
 from __future__ import annotations
 
+import dataclasses
+
 import lightning as L
 import torch
 from torch import nn
 
-from copydistill.config import TrainConfig
+from copydistill.config import TrainConfig, to_flat
 from copydistill.models.backbones import EmbeddingModel
 from copydistill.train.objectives import (
     ContrastiveObjective,
@@ -29,20 +31,16 @@ RENAMED_STATE = {"moco.": "objective.moco.", "key_encoder.": "objective.key_enco
 
 
 def build_objective(config: TrainConfig, student: EmbeddingModel) -> ContrastiveObjective:
-    """The ``contrastive`` objective the config names (one table: ``OBJECTIVES``)."""
-    return OBJECTIVES[config.contrastive](config, student)
+    """The objective ``objective.kind`` names (one table, ``OBJECTIVES``, which the config checks)."""
+    return OBJECTIVES[config.objective.kind](config, student)
 
 
 def _sscd(config: TrainConfig, student: EmbeddingModel) -> SSCDObjective:
-    return SSCDObjective(temperature=config.infonce_temperature, weight=config.infonce_weight,
-                         entropy_weight=config.entropy_weight, directclr_dim=config.directclr_dim,
-                         directclr_weight=config.directclr_weight, mixup=config.mixup, seed=config.seed)
+    return SSCDObjective(**dataclasses.asdict(config.objective.sscd), seed=config.trainer.seed)
 
 
 def _moco(config: TrainConfig, student: EmbeddingModel) -> MoCoObjective:
-    return MoCoObjective(student, weight=config.moco_weight, temperature=config.moco_temperature,
-                         momentum=config.moco_momentum, queue_size=config.moco_queue_size,
-                         hn_weight=config.hn_weight, seed=config.seed)
+    return MoCoObjective(student, **dataclasses.asdict(config.objective.moco), seed=config.trainer.seed)
 
 
 OBJECTIVES = {"sscd": _sscd, "moco": _moco}
@@ -55,10 +53,11 @@ class DescriptorModule(L.LightningModule):
     def __init__(self, config: TrainConfig):
         super().__init__()
         self.config = config
-        self.save_hyperparameters({"config": vars(config)})
-        self.student = EmbeddingModel(config.arch, dims=config.dims, kd_dim=config.kd_dim, gem_p=config.gem_p,
-                                      head_norm=config.head_norm)
-        self.inputs = StudentInput(config.student_size, channels_last=config.channels_last)
+        # flat option names in checkpoints, as since the first one (models/registry.py reads them)
+        self.save_hyperparameters({"config": to_flat(config)})
+        s = config.student
+        self.student = EmbeddingModel(s.arch, dims=s.dims, kd_dim=s.kd_dim, gem_p=s.gem_p, head_norm=s.head_norm)
+        self.inputs = StudentInput(s.input_size, channels_last=s.channels_last)
         self.objective = build_objective(config, self.student)
 
     @property
@@ -87,26 +86,27 @@ class DescriptorModule(L.LightningModule):
 
     def learning_rate(self) -> float:
         """``absolute_lr``, else ``base_lr`` × global batch / 256."""
-        if self.config.absolute_lr is not None:
-            return self.config.absolute_lr
-        global_batch = self.config.batch_size * max(1, self.trainer.world_size if self._trainer else 1)
-        return self.config.base_lr * global_batch / 256
+        optimiser = self.config.optimiser
+        if optimiser.absolute_lr is not None:
+            return optimiser.absolute_lr
+        global_batch = self.config.data.batch_size * max(1, self.trainer.world_size if self._trainer else 1)
+        return optimiser.base_lr * global_batch / 256
 
     def configure_optimizers(self) -> dict:
-        c = self.config
-        optimizer = build_optimizer(c.optimizer, self.trainable_parameters(), lr=self.learning_rate(),
+        c = self.config.optimiser
+        optimizer = build_optimizer(c.name, self.trainable_parameters(), lr=self.learning_rate(),
                                     momentum=c.momentum, weight_decay=c.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         batches = self.trainer.num_training_batches
         known = batches not in (None, float("inf")) and batches > 0
-        steps_per_epoch = int(batches) if known else max(1, total // max(1, c.epochs))
+        steps_per_epoch = int(batches) if known else max(1, total // max(1, self.config.trainer.epochs))
         warmup = min(total - 1, int(round(c.warmup_epochs * steps_per_epoch)))  # real epochs, even with max_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_model(self) -> None:
         """SyncBN for the student and the objective's encoders when several processes train."""
-        if self.config.sync_bn and self._trainer is not None and self.trainer.world_size > 1:
+        if self.config.trainer.sync_bn and self._trainer is not None and self.trainer.world_size > 1:
             self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
             self.objective.convert_sync_batchnorm()
 

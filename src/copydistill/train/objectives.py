@@ -82,7 +82,7 @@ class SSCDObjective(ContrastiveObjective):
     soft-target match matrix, mixing seeded by (seed, step, rank) so a resumed run mixes the same."""
 
     def __init__(self, *, temperature: float, weight: float, entropy_weight: float, directclr_dim: int,
-                 directclr_weight: float, mixup: bool, seed: int):
+                 directclr_weight: float, mixup: bool, seed: int):  # config.InfoNCEConfig's fields
         super().__init__()
         self.infonce = InfoNCEEntropy(temperature, entropy_weight)
         self.directclr = DirectCLR(directclr_dim, temperature) if directclr_dim else None
@@ -119,7 +119,7 @@ class MoCoObjective(ContrastiveObjective):
     scored against the queue of past keys. The exported student is the query encoder alone."""
 
     def __init__(self, student: EmbeddingModel, *, weight: float, temperature: float, momentum: float,
-                 queue_size: int, hn_weight: float, seed: int):
+                 queue_size: int, hn_weight: float, seed: int):  # config.MoCoConfig's fields
         super().__init__()
         self.key_encoder = MomentumEncoder(student, momentum)
         queue = MemoryBank(student.dims, queue_size, seed=seed + 1)  # not the KD bank's draw
