@@ -18,17 +18,22 @@ import time
 
 import torch
 
-from copydistill.config import TrainConfig
-from copydistill.train.module import CopyDetectionModule
+from copydistill.config import config_from_dict
+from copydistill.models.backbones import EmbeddingModel, PixelModel
+from copydistill.models.teachers import FrozenTeacher
+from copydistill.train.distillation import DistillationModule
+from copydistill.train.teacher import TorchTeacher
 from copydistill.train.run import cpu_has_bf16
 
 
 def measure(arch: str, batch: int, size: int, bf16: bool, channels_last: bool, steps: int) -> float:
-    config = TrainConfig(arch=arch, dims=512, batch_size=batch, image_size=size, mixup=False,
+    config = config_from_dict(dict(arch=arch, dims=512, batch_size=batch, image_size=size, mixup=False,
                          teacher="sscd-int8", bank_size=1024, channels_last=channels_last,
-                         entropy_weight=1, kd_weight=1.0)
+                         entropy_weight=1, kd_weight=1.0))
+    # keys come with the batch (the quickstart's cached keys): the teacher is never called
+    teacher = TorchTeacher(PixelModel(FrozenTeacher(EmbeddingModel("resnet18", dims=512))), 512)
     torch.manual_seed(0)
-    module = CopyDetectionModule(config, teacher=None, teacher_dims=512)
+    module = DistillationModule(config, teacher)
     if channels_last:
         module.student.to(memory_format=torch.channels_last)
     module.log = lambda *a, **k: None  # no Trainer attached
@@ -41,7 +46,7 @@ def measure(arch: str, batch: int, size: int, bf16: bool, channels_last: bool, s
     for step in range(steps + 2):  # two warm-up steps
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = module.training_step(batch_data, step)
+            loss = module.training_step(batch_data, step)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -16,22 +16,27 @@ import time
 
 import torch
 
-from copydistill.config import TrainConfig
+from copydistill.config import config_from_dict
 from copydistill.models.backbones import PixelModel
 from copydistill.models.teachers import FrozenTeacher, SSCDResNet50
-from copydistill.train.module import CopyDetectionModule
+from copydistill.train.distillation import DistillationModule
+from copydistill.train.module import DescriptorModule
+from copydistill.train.teacher import TorchTeacher
 
 
 def measure(student: str, batch: int, size: int, bf16: bool, channels_last: bool, teacher: bool,
             steps: int, warmup: int) -> dict:
-    config = TrainConfig(arch=student, dims=512, batch_size=batch, image_size=size, mixup=False,
+    config = config_from_dict(dict(arch=student, dims=512, batch_size=batch, image_size=size, mixup=False,
                          teacher="sscd-r50" if teacher else None, bank_size=65_536,
                          channels_last=channels_last, entropy_weight=10,
-                         precision="bf16-mixed" if bf16 else "32-true")
+                         precision="bf16-mixed" if bf16 else "32-true"))
     teacher_module = PixelModel(FrozenTeacher(SSCDResNet50())).cuda().eval() if teacher else None
     if teacher_module is not None and channels_last:
         teacher_module = teacher_module.to(memory_format=torch.channels_last)
-    module = CopyDetectionModule(config, teacher_module, 512 if teacher else None).cuda()
+    if teacher_module is None:
+        module = DescriptorModule(config).cuda()
+    else:
+        module = DistillationModule(config, TorchTeacher(teacher_module, 512, bf16_on_gpu=bf16)).cuda()
     if channels_last:
         module.student.to(memory_format=torch.channels_last)
     module.log = lambda *a, **k: None  # no Trainer attached
@@ -42,7 +47,7 @@ def measure(student: str, batch: int, size: int, bf16: bool, channels_last: bool
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-            loss = module.training_step(data, 0)
+            loss = module.training_step(data, 0)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

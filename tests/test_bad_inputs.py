@@ -229,17 +229,15 @@ def test_bad_config_values_are_refused_before_any_work(bench, tmp_path, capsys, 
 
 def _fake_run(out: Path, **config) -> Path:
     """An out_dir as a finished tiny run leaves it: config.yaml and checkpoints/last.ckpt."""
-    import dataclasses
-
     import torch
 
-    from copydistill.config import TrainConfig, dump_config
+    from copydistill.config import config_from_dict, dump_config, to_flat
 
-    cfg = TrainConfig(**config)
+    cfg = config_from_dict(config)
     (out / "checkpoints").mkdir(parents=True)
     (out / "config.yaml").write_text(dump_config(cfg))
     torch.save({"state_dict": {"student.w": torch.zeros(2)},
-                "hyper_parameters": {"config": dataclasses.asdict(cfg)}}, out / "checkpoints" / "last.ckpt")
+                "hyper_parameters": {"config": to_flat(cfg)}}, out / "checkpoints" / "last.ckpt")
     return out
 
 

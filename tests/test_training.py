@@ -21,7 +21,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from copydistill.config import TrainConfig, load_config
+from copydistill.config import FLAT, TrainConfig, config_from_dict, dump_config, load_config, to_flat
 from copydistill.errors import CopydistillError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,6 +51,11 @@ def images(tmp_path_factory) -> Path:
     return folder
 
 
+def options(**flat) -> TrainConfig:
+    """A checked config from flat option names."""
+    return config_from_dict(flat)
+
+
 def _config(images: Path, out: Path, *overrides: str) -> TrainConfig:
     return load_config(None, [f"train_images={images}", f"out_dir={out}", *TINY, *overrides])
 
@@ -70,18 +75,65 @@ def test_load_config_yaml_plus_overrides(tmp_path):
                                   "teacher=~", "absolute_lr=0.01", "kd_dim=", "channels_last=False",
                                   "train_images=/x/y", "export=[torchscript, onnx]"])
     assert isinstance(config, TrainConfig)
-    assert config.arch == "resnet18" and config.dims == 64  # from the file
-    assert config.epochs == 3 and type(config.epochs) is int
-    assert config.base_lr == 0.1 and type(config.base_lr) is float
-    assert config.absolute_lr == 0.01
-    assert config.mixup is True and config.channels_last is False
-    assert config.val_data is None and config.teacher is None and config.kd_dim is None
-    assert config.weight_decay == pytest.approx(1e-6)
-    assert config.train_images == "/x/y"
-    assert config.export == ["torchscript", "onnx"]
-    assert config.bank_size == TrainConfig().bank_size  # untouched defaults
+    assert config.student.arch == "resnet18" and config.student.dims == 64  # from the file
+    assert config.trainer.epochs == 3 and type(config.trainer.epochs) is int
+    assert config.optimiser.base_lr == 0.1 and type(config.optimiser.base_lr) is float
+    assert config.optimiser.absolute_lr == 0.01
+    assert config.objective.sscd.mixup is True and config.student.channels_last is False
+    assert config.data.val_data is None and config.distillation is None and config.student.kd_dim is None
+    assert config.optimiser.weight_decay == pytest.approx(1e-6)
+    assert config.data.train_images == "/x/y"
+    assert config.trainer.export == ["torchscript", "onnx"]
+    assert config.data == replace_data(TrainConfig().data, train_images="/x/y")  # untouched defaults
     # no file: defaults plus overrides
-    assert load_config(None, ["dims=16"]).dims == 16
+    assert load_config(None, ["dims=16"]).student.dims == 16
+
+
+def replace_data(data, **changes):
+    import dataclasses
+
+    return dataclasses.replace(data, **changes)
+
+
+def test_nested_recipes_and_overrides_mean_the_same_as_flat_ones(tmp_path):
+    """Recipes and overrides may name options flat (``kd_weight``) or nested
+    (``distillation.weight``, a ``distillation:`` section); config.yaml is nested and loads back."""
+    flat = load_config(None, ["teacher=sscd-int8", "kd_weight=1.0", "contrastive=moco", "kd_dim=512",
+                              "moco_queue_size=8", "optimizer=sgd", "student_size=64", "epochs=24"])
+    recipe = tmp_path / "nested.yaml"
+    recipe.write_text("distillation:\n  teacher: sscd-int8\n  weight: 1.0\nobjective:\n  kind: moco\n"
+                      "  moco: {queue_size: 8}\nstudent: {kd_dim: 512, input_size: 64}\n")
+    nested = load_config(recipe, ["optimiser.name=sgd", "trainer.epochs=24"])
+    assert flat == nested
+    assert flat.distillation.weight == 1.0 and flat.objective.moco.queue_size == 8
+    assert flat.optimiser.name == "sgd" and flat.student.input_size == 64 and flat.trainer.epochs == 24
+    (tmp_path / "config.yaml").write_text(dump_config(flat))
+    assert load_config(tmp_path / "config.yaml") == flat
+    assert "distillation:" in dump_config(flat) and "kd_weight" not in dump_config(flat)
+    # a teacher switched off by an override drops the whole section, its options with it
+    off = load_config(recipe, ["teacher=null", "kd_weight=0.5"])
+    assert off.distillation is None and off.objective.kind == "moco"
+    assert flat.replace(teacher=None, epochs=3).distillation is None
+    assert flat.replace(seed=4).trainer.seed == 4 and flat.trainer.seed == 0
+
+
+def test_every_option_has_one_flat_name_and_round_trips_through_it():
+    import dataclasses
+
+    from copydistill.config import FLAT_OF, SECTIONS
+
+    leaves = [f"{path}.{f.name}" for path, section in SECTIONS.items() for f in dataclasses.fields(section)
+              if not dataclasses.is_dataclass(f.type) and f.name not in ("sscd", "moco")]
+    assert sorted(FLAT_OF) == sorted(leaves) and len(set(FLAT)) == len(FLAT) == len(leaves)
+    config = load_config(None, ["teacher=x", "kd_weight=0.7", "dims=64", "hn_weight=2"])
+    assert config_from_dict(to_flat(config)) == config  # what checkpoints store
+    assert to_flat(config)["kd_weight"] == 0.7 and to_flat(TrainConfig())["teacher"] is None
+
+
+def test_gem_p_default_is_the_heads():
+    from copydistill.models.gem import GEM_P, GeM
+
+    assert TrainConfig().student.gem_p == GEM_P == GeM().p
 
 
 def test_load_config_rejects_unknown_keys_naming_them(tmp_path):
@@ -111,21 +163,23 @@ def test_load_config_other_errors(tmp_path):
         load_config(None, ["batch_size=1"])
     (tmp_path / "empty.yaml").write_text("")
     assert load_config(tmp_path / "empty.yaml") == TrainConfig()
+    with pytest.raises(CopydistillError, match="unknown option.*'student.bogus'"):
+        load_config(None, ["student.bogus=1"])
 
 
 def test_load_config_coerces_scientific_floats_and_rejects_bad_types(tmp_path):
     config = load_config(None, ["weight_decay=1e-6", "absolute_lr=2e-3"])
-    assert type(config.weight_decay) is float and config.weight_decay == 1e-6
-    assert type(config.absolute_lr) is float and config.absolute_lr == 2e-3
+    assert type(config.optimiser.weight_decay) is float and config.optimiser.weight_decay == 1e-6
+    assert type(config.optimiser.absolute_lr) is float and config.optimiser.absolute_lr == 2e-3
     (tmp_path / "r.yaml").write_text("weight_decay: 1e-6\n")
-    assert type(load_config(tmp_path / "r.yaml").weight_decay) is float
+    assert type(load_config(tmp_path / "r.yaml").optimiser.weight_decay) is float
     with pytest.raises(CopydistillError):
         load_config(None, ["dims=abc"])
 
 
 def test_load_config_python_none_spelling():
     config = load_config(None, ["teacher=None", "val_data=None"])
-    assert config.teacher is None and config.val_data is None
+    assert config.distillation is None and config.data.val_data is None
 
 
 @pytest.mark.parametrize("override,message", [
@@ -143,7 +197,7 @@ def test_load_config_python_none_spelling():
 ])
 def test_moco_config_is_checked_with_clear_errors(override, message):
     valid = ["contrastive=moco", "teacher=sscd-int8", "kd_dim=512", "dims=64", "mixup=false"]
-    assert load_config(None, valid).contrastive == "moco"
+    assert load_config(None, valid).objective.kind == "moco"
     with pytest.raises(CopydistillError, match=message):
         load_config(None, [*valid, override])
 
@@ -168,15 +222,16 @@ def _tiny_teacher(seed: int = 0):
 
 
 def _module(**overrides):
-    from copydistill.train.module import CopyDetectionModule
+    from copydistill.train.distillation import DistillationModule
+    from copydistill.train.teacher import TorchTeacher
 
     values = dict(arch="mobilenetv4_conv_small", dims=32, teacher="x", bank_size=50, batch_size=4,
                   image_size=32, mixup=True, sync_bn=False)
     values.update(overrides)
-    config = TrainConfig(**values)
+    config = config_from_dict(values)
     teacher = _tiny_teacher()
     torch.manual_seed(1)
-    return CopyDetectionModule(config, teacher), teacher
+    return DistillationModule(config, TorchTeacher(teacher, 32)), teacher
 
 
 def _batch(step: int, b: int = 4) -> dict:
@@ -201,7 +256,7 @@ def test_module_manual_steps_keep_teacher_frozen(recwarn):
     optimizer = torch.optim.SGD(module.student.parameters(), lr=0.5)
     for step in range(3):
         module.train()
-        loss = module.training_step(_batch(step), step)
+        loss = module.training_step(_batch(step), step)["loss"]
         assert torch.isfinite(loss)
         optimizer.zero_grad()
         loss.backward()
@@ -232,11 +287,11 @@ def test_module_teacher_keys_are_normalised_and_enqueued_for_the_views_it_sees()
     # precomputed keys are used as given (normalised), except for mixed rows: the teacher
     # embeds the mixed views (§2.4 "the teacher sees the same (mixed) views")
     module2, teacher2 = _module(mixup=True)
-    module2.mixup = ContrastiveMixup(mix_prob=1.0)
+    module2.objective.mixup = ContrastiveMixup(mix_prob=1.0)
     given = torch.randn(4, 2, 32)
     seen = []
-    original = module2.teacher_keys
-    module2.teacher_keys = lambda pixels: (seen.append(pixels.clone()), original(pixels))[1]
+    original = module2.teacher.keys
+    module2.teacher.keys = lambda views, device: (seen.append(views.clone()), original(views, device))[1]
     module2.training_step(dict(_batch(1), teacher=given), 0)
     assert len(seen) == 1 and seen[0].shape == (8, 3, 32, 32)
     mixed_keys = F.normalize(teacher2(seen[0].permute(0, 2, 3, 1)), dim=1)
@@ -251,18 +306,19 @@ def test_student_size_resizes_the_students_views_but_not_the_teachers():
     module, teacher = _module(mixup=False, student_size=16)
     student_shapes, teacher_shapes = [], []
     module.student.trunk.register_forward_pre_hook(lambda m, args: student_shapes.append(args[0].shape))
-    original = module.teacher_keys
-    module.teacher_keys = lambda pixels: (teacher_shapes.append(pixels.shape), original(pixels))[1]
+    original = module.teacher.keys
+    module.teacher.keys = lambda views, device: (teacher_shapes.append(views.shape), original(views, device))[1]
     module.training_step(_batch(0), 0)
     assert student_shapes == [(8, 3, 16, 16)] and teacher_shapes == [(8, 3, 32, 32)]
 
 
 def test_module_rejects_teacher_dims_mismatch():
-    from copydistill.train.module import CopyDetectionModule
+    from copydistill.train.distillation import DistillationModule
+    from copydistill.train.teacher import TorchTeacher
 
-    with pytest.raises(ValueError):
-        CopyDetectionModule(TrainConfig(arch="mobilenetv4_conv_small", dims=16, teacher="x"),
-                            _tiny_teacher(), teacher_dims=32)
+    with pytest.raises(ValueError, match="teacher gives 32-d keys"):
+        DistillationModule(options(arch="mobilenetv4_conv_small", dims=16, teacher="x"),
+                           TorchTeacher(_tiny_teacher(), 32))
 
 
 def test_lightning_fit_keeps_teacher_frozen_and_checkpoints_carry_the_bank(images, tmp_path):
@@ -317,18 +373,19 @@ def test_moco_module_ema_key_encoder_no_grad_not_optimised():
     module._trainer = None
     optimised = {id(p) for group in configured.param_groups for p in group["params"]}
     assert optimised == {id(p) for p in module.student.parameters()}
-    key_params = list(module.key_encoder.encoder.parameters())
+    key_params = list(module.objective.key_encoder.encoder.parameters())
     assert key_params and all(not p.requires_grad for p in key_params)
     assert not optimised & {id(p) for p in key_params}
     assert all(torch.equal(k, q) for k, q in zip(key_params, module.student.parameters()))  # starts as a copy
-    assert {"key_encoder.encoder.fc.weight", "moco.queue.queue", "distill.bank.queue"} <= set(module.state_dict())
+    assert {"objective.key_encoder.encoder.fc.weight", "objective.moco.queue.queue",
+            "distill.bank.queue"} <= set(module.state_dict())
     optimizer = torch.optim.SGD(module.student.parameters(), lr=0.5)  # no warmup: the student moves
     module.train()
     for step in range(3):
         keys_before = [p.detach().clone() for p in key_params]
         query = [p.detach().clone() for p in module.student.parameters()]
         batch = _batch(step)
-        loss = module.training_step(batch, step)
+        loss = module.training_step(batch, step)["loss"]
         for k, k0, q in zip(key_params, keys_before, query):
             assert torch.allclose(k, 0.9 * k0 + 0.1 * q, atol=1e-6)
         if step:  # the student moved, so the update is not vacuous
@@ -339,35 +396,53 @@ def test_moco_module_ema_key_encoder_no_grad_not_optimised():
         assert module.student.fc.weight.grad is not None and module.student.projector.weight.grad is not None
         optimizer.step()
         # the queue's newest keys are the key encoder's view1 descriptors (re-run: same batch stats)
-        expected = module.key_encoder(module._inputs(batch["views"][:, 1]))
-        assert torch.allclose(module.moco.queue.ordered()[-4:], expected, atol=1e-5)
+        expected = module.objective.key_encoder(module.inputs(batch["views"][:, 1]))
+        assert torch.allclose(module.objective.moco.queue.ordered()[-4:], expected, atol=1e-5)
         # the KD bank got the teacher keys of view0 only (4 per step), not prepended (§3.4)
         view0 = F.normalize(teacher(batch["views"][:, 0].permute(0, 2, 3, 1)), dim=1)
         assert torch.allclose(module.distill.bank.ordered()[-4:], view0, atol=1e-5)
-    assert int(module.moco.queue.pointer) == 12 % 10 and int(module.moco.queue.filled) == 10
+    queue = module.objective.moco.queue
+    assert int(queue.pointer) == 12 % 10 and int(queue.filled) == 10
     assert int(module.distill.bank.pointer) == 12 % 50
-    assert not torch.allclose(module.key_encoder.encoder.fc.weight, module.student.fc.weight)  # it lags
+    assert not torch.allclose(module.objective.key_encoder.encoder.fc.weight, module.student.fc.weight)  # lags
 
 
 def test_moco_module_teacher_on_both_views_and_without_teacher():
     module, _ = _moco_module(kd_views="both")
     module.training_step(_batch(0), 0)
     assert int(module.distill.bank.pointer) == 8  # both views of 4 images
-    assert int(module.moco.queue.pointer) == 4
-    from copydistill.train.module import CopyDetectionModule
+    assert int(module.objective.moco.queue.pointer) == 4
+    from copydistill.train.module import DescriptorModule
+    from copydistill.train.objectives import MoCoObjective
 
-    plain = CopyDetectionModule(TrainConfig(arch="mobilenetv4_conv_small", contrastive="moco", dims=16,
-                                            moco_queue_size=6, batch_size=4, mixup=False, sync_bn=False))
-    assert plain.distill is None and plain.infonce is None
-    assert torch.isfinite(plain.training_step(_batch(1), 0))
+    plain = DescriptorModule(options(arch="mobilenetv4_conv_small", contrastive="moco", dims=16,
+                                         moco_queue_size=6, batch_size=4, mixup=False, sync_bn=False))
+    assert isinstance(plain.objective, MoCoObjective) and not hasattr(plain, "distill")
+    out = plain.training_step(_batch(1), 0)
+    assert torch.isfinite(out["loss"]) and out["output"].views.shape[0] == 4  # view0 only
+
+
+def test_checkpoints_from_before_the_objective_submodule_still_load():
+    """Checkpoints written when the MoCo queue and key encoder sat on the module itself
+    (``moco.*``, ``key_encoder.*``) are renamed on load, so such runs still resume."""
+    module, _ = _moco_module()
+    module.training_step(_batch(0), 0)
+    current = module.state_dict()
+    old = {k.removeprefix("objective."): v for k, v in current.items()}
+    assert "moco.queue.queue" in old and "key_encoder.encoder.fc.weight" in old
+    fresh, _ = _moco_module(seed=7)
+    checkpoint = {"state_dict": dict(old)}
+    fresh.on_load_checkpoint(checkpoint)
+    fresh.load_state_dict(checkpoint["state_dict"])  # strict
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in current.items())
 
 
 def test_warmup_is_measured_in_real_epochs_when_max_steps_is_set():
-    from copydistill.train.module import CopyDetectionModule
+    from copydistill.train.module import DescriptorModule
 
-    config = TrainConfig(arch="mobilenetv4_conv_small", dims=32, batch_size=4, epochs=10, max_steps=12,
+    config = options(arch="mobilenetv4_conv_small", dims=32, batch_size=4, epochs=10, max_steps=12,
                          warmup_epochs=2.0, optimizer="sgd", absolute_lr=1.0)
-    module = CopyDetectionModule(config)
+    module = DescriptorModule(config)
     module._trainer = SimpleNamespace(estimated_stepping_batches=12, num_training_batches=3, world_size=1,
                                       max_steps=12, max_epochs=10)
     scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
@@ -377,11 +452,11 @@ def test_warmup_is_measured_in_real_epochs_when_max_steps_is_set():
 
 
 def test_schedule_without_max_steps_warms_up_then_cosine():
-    from copydistill.train.module import CopyDetectionModule
+    from copydistill.train.module import DescriptorModule
 
-    config = TrainConfig(arch="mobilenetv4_conv_small", dims=32, batch_size=4, epochs=4,
+    config = options(arch="mobilenetv4_conv_small", dims=32, batch_size=4, epochs=4,
                          warmup_epochs=1.0, optimizer="sgd", base_lr=0.3)
-    module = CopyDetectionModule(config)
+    module = DescriptorModule(config)
     module._trainer = SimpleNamespace(estimated_stepping_batches=12, num_training_batches=3, world_size=1)
     out = module.configure_optimizers()
     assert out["optimizer"].param_groups[0]["initial_lr"] == pytest.approx(0.3 * 4 / 256)
@@ -439,7 +514,7 @@ def test_train_writes_checkpoint_student_exports_and_logs(trained):
     assert (trained / "final" / "student.onnx").is_file()
     assert not (trained / "final" / "student.torchscript.pt").exists()  # export=[onnx] only
     assert (trained / "config.yaml").is_file()
-    assert load_config(trained / "config.yaml").epochs == 2
+    assert load_config(trained / "config.yaml").trainer.epochs == 2
     metrics = list((trained / "logs").glob("version_*/metrics.csv"))
     assert len(metrics) == 1
     rows = list(csv.DictReader(metrics[0].open()))
@@ -557,12 +632,12 @@ def test_exact_resume_after_a_kill_mid_epoch(trained, images, tmp_path, monkeypa
 
 
 def test_exact_resume_with_mixup(images, tmp_path, monkeypatch):
-    import copydistill.train.module as module_mod
+    import copydistill.train.objectives as objectives
     from copydistill.augment.mixup import ContrastiveMixup
     from copydistill.train.run import train
 
     # mix_prob 0.5 instead of 0.05, so that the tiny run certainly mixes rows in both epochs
-    monkeypatch.setattr(module_mod, "ContrastiveMixup", functools.partial(ContrastiveMixup, mix_prob=0.5))
+    monkeypatch.setattr(objectives, "ContrastiveMixup", functools.partial(ContrastiveMixup, mix_prob=0.5))
     extra = ("epochs=2", "export=[]", "mixup=true")
     a, b = tmp_path / "A", tmp_path / "B"
     train(_config(images, a, *extra), progress=False)
@@ -583,17 +658,18 @@ def test_exact_resume_with_moco_restores_key_encoder_and_both_queues(images, tmp
     train(_config(images, a, *extra), progress=False)
     _train_with_stop_after_first_epoch(_config(images, b, *extra), monkeypatch)
     half = torch.load(b / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    assert int(half["moco.queue.filled"]) == 10 and int(half["moco.queue.pointer"]) == 12 % 10
+    assert int(half["objective.moco.queue.filled"]) == 10 and int(half["objective.moco.queue.pointer"]) == 12 % 10
     train(_config(images, b, *extra), progress=False)
     assert _compare_runs(a, b) == []
     sa = torch.load(a / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     sb = torch.load(b / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert set(sa) == set(sb)
-    restored = [k for k in sa if k.startswith(("key_encoder.", "moco.queue.", "distill.bank."))]
-    assert "key_encoder.encoder.fc.weight" in restored and "moco.queue.queue" in restored
+    prefixes = ("objective.key_encoder.", "objective.moco.queue.", "distill.bank.")
+    restored = [k for k in sa if k.startswith(prefixes)]
+    assert "objective.key_encoder.encoder.fc.weight" in restored and "objective.moco.queue.queue" in restored
     assert any("running_mean" in k for k in restored)
     assert [k for k in restored if not torch.allclose(sa[k].double(), sb[k].double(), atol=1e-5)] == []
-    assert int(sb["moco.queue.pointer"]) == 24 % 10 and int(sb["distill.bank.pointer"]) == 24 % 10
+    assert int(sb["objective.moco.queue.pointer"]) == 24 % 10 and int(sb["distill.bank.pointer"]) == 24 % 10
 
 
 def test_advanced_augmentation_survives_glyph_errors():
@@ -628,7 +704,7 @@ def test_crop_scale_min_bounds_the_crop_area_and_is_checked(monkeypatch):
     with pytest.raises(ValueError, match="crop_scale_min"):
         SSCDAugment("SIMCLR", 32, crop_scale_min=0.0)
     with pytest.raises(CopydistillError, match="crop_scale_min"):
-        load_config(None, ["crop_scale_min=1.5"]).validate()
+        load_config(None, ["crop_scale_min=1.5"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -690,11 +766,11 @@ def test_recipe_runs_two_tiny_steps(recipe, images, tmp_path, teacher_files):
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 2
     assert (out / "final" / "student.pt").is_file()
-    if config.teacher:
+    if config.distillation:
         assert int(ckpt["state_dict"]["distill.bank.filled"]) > 0
-    if config.contrastive == "moco":
-        assert int(ckpt["state_dict"]["moco.queue.filled"]) == 2 * 4
-        assert any(k.startswith("key_encoder.") for k in ckpt["state_dict"])
+    if config.objective.kind == "moco":
+        assert int(ckpt["state_dict"]["objective.moco.queue.filled"]) == 2 * 4
+        assert any(k.startswith("objective.key_encoder.") for k in ckpt["state_dict"])
         student = torch.load(out / "final" / "student.pt")["state_dict"]
         assert not any("key_encoder" in k for k in student) and "projector.weight" in student
     shutil.rmtree(out, ignore_errors=True)
@@ -740,12 +816,15 @@ def test_with_image_keys_gives_both_views_their_images_key():
 
 
 def test_bf16_step_loss_is_within_bf16_noise_of_fp32():
-    from copydistill.train.module import CopyDetectionModule
+    from copydistill.train.distillation import DistillationModule
+    from copydistill.train.teacher import TorchTeacher
 
-    config = TrainConfig(arch="resnet18", dims=32, batch_size=4, image_size=32, mixup=False,
+    config = options(arch="resnet18", dims=32, batch_size=4, image_size=32, mixup=False,
                          teacher="x", bank_size=16, entropy_weight=1.0, kd_weight=1.0)
     torch.manual_seed(0)
-    module = CopyDetectionModule(config, teacher=None, teacher_dims=32).eval()  # BN: running stats
+    teacher = TorchTeacher(_tiny_teacher(), 32)  # keys come with the batch: never called
+    torch.manual_seed(0)
+    module = DistillationModule(config, teacher).eval()  # BN: running stats
     module.log = module.log_dict = lambda *a, **k: None
     batch = {"views": torch.randint(0, 256, (4, 2, 3, 32, 32), dtype=torch.uint8), "index": torch.arange(4),
              "teacher": F.normalize(torch.randn(4, 2, 32), dim=-1)}
@@ -754,7 +833,7 @@ def test_bf16_step_loss_is_within_bf16_noise_of_fp32():
     for bf16 in (False, True):
         module.distill.bank.load_state_dict(bank)  # both passes see the same bank
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            losses.append(float(module.training_step(batch, 0)))
+            losses.append(float(module.training_step(batch, 0)["loss"]))
     assert math.isfinite(losses[1]) and losses[1] == pytest.approx(losses[0], rel=0.02)
 
 
@@ -767,21 +846,22 @@ def test_precision_auto_uses_bf16_only_where_the_cpu_has_it(monkeypatch):
     assert run.resolve_precision(config, cuda=True) == "bf16-mixed"
     monkeypatch.setattr(run, "cpu_has_bf16", lambda: True)
     assert run.resolve_precision(config, cuda=False) == "bf16-mixed"
-    assert run.resolve_precision(TrainConfig(precision="32-true"), cuda=False) == "32-true"
+    assert run.resolve_precision(config_from_dict({"precision": "32-true"}), cuda=False) == "32-true"
 
 
 @pytest.mark.parametrize("predictor", ["linear", "mlp"])
 def test_kd_predictor_is_trained_with_the_student_and_not_exported(predictor):
-    from copydistill.train.module import CopyDetectionModule
+    from copydistill.train.distillation import DistillationModule
+    from copydistill.train.teacher import TorchTeacher
 
-    config = TrainConfig(arch="resnet18", dims=16, batch_size=4, image_size=32, mixup=False, teacher="x",
+    config = options(arch="resnet18", dims=16, batch_size=4, image_size=32, mixup=False, teacher="x",
                          bank_size=16, kd_weight=1.0, kd_regression_weight=1.0, kd_relation_weight=1.0,
-                         kd_predictor=predictor)
-    module = CopyDetectionModule(config, teacher=None, teacher_dims=32)  # 16-d student, 32-d teacher
+                     kd_predictor=predictor)
+    module = DistillationModule(config, TorchTeacher(_tiny_teacher(), 32))  # 16-d student, 32-d teacher
     module.log = module.log_dict = lambda *a, **k: None
     batch = {"views": torch.randint(0, 256, (4, 2, 3, 32, 32), dtype=torch.uint8), "index": torch.arange(4),
              "teacher": F.normalize(torch.randn(4, 2, 32), dim=-1)}
-    module.training_step(batch, 0).backward()
+    module.training_step(batch, 0)["loss"].backward()
     head = module.kd_head.weight if predictor == "linear" else module.kd_head[0].weight
     assert head.grad is not None and head.grad.abs().sum() > 0
     assert not any(k.startswith("kd_head") for k in module.student.state_dict())
@@ -790,7 +870,7 @@ def test_kd_predictor_is_trained_with_the_student_and_not_exported(predictor):
 def test_head_norm_batchnorm_centres_a_fresh_student_and_round_trips(tmp_path):
     from copydistill.models.backbones import EmbeddingModel
     from copydistill.models.registry import load_descriptor
-    from copydistill.train.module import CopyDetectionModule
+    from copydistill.train.module import DescriptorModule
     from copydistill.train.run import save_student
 
     torch.manual_seed(0)
@@ -800,14 +880,14 @@ def test_head_norm_batchnorm_centres_a_fresh_student_and_round_trips(tmp_path):
     with pytest.raises(Exception, match="head_norm"):
         EmbeddingModel("resnet18", dims=16, head_norm="layer")
     with pytest.raises(CopydistillError, match="head_norm"):
-        TrainConfig(head_norm="layer").validate()
+        config_from_dict({"head_norm": "layer"})
 
-    module = CopyDetectionModule(TrainConfig(arch="resnet18", dims=16, head_norm="batchnorm"))
+    module = DescriptorModule(options(arch="resnet18", dims=16, head_norm="batchnorm"))
     module.student.train()(torch.randn(8, 3, 32, 32))  # move the running statistics off their init
     save_student(module, tmp_path / "student.pt")
     loaded = load_descriptor(f"ckpt:{tmp_path / 'student.pt'}")
     pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     module.student.eval()
     with torch.no_grad():
-        expected = module.student(module.pixels(torch.from_numpy(pixels))).numpy()
+        expected = module.student(module.inputs(torch.from_numpy(pixels).permute(0, 3, 1, 2))).numpy()
     assert np.allclose(loaded.embed_batch(pixels), expected, atol=1e-5)

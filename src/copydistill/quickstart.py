@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from copydistill.config import load_config
@@ -45,33 +44,36 @@ def run_quickstart(out: str | Path, size: str = "small", seed: int = 0, recipe: 
     bench = make_benchmark(out / "benchmark", size=size, seed=seed)
     layout = DiscLayout.find(bench)
     config = load_config(recipe, [f"train_images={layout.train}", *overrides])
-    config = replace(config, seed=seed, cache_dir=str(out / "view-cache"))
+    config = config.replace(seed=seed, cache_dir=str(out / "view-cache"))
+    if config.distillation is None:
+        raise CopydistillError(f"{recipe}: the quickstart distils a teacher; the recipe needs teacher=SPEC")
+    kd, student, data = config.distillation, config.student, config.data
     timings: dict[str, float] = {}
 
-    _stage(2, f"evaluating the teacher {config.teacher}", start)
+    _stage(2, f"evaluating the teacher {kd.teacher}", start)
     t0 = time.perf_counter()
-    results = [evaluate_disc(layout, load_descriptor(config.teacher), out / "eval" / "teacher")]
+    results = [evaluate_disc(layout, load_descriptor(kd.teacher), out / "eval" / "teacher")]
     timings["teacher eval"] = time.perf_counter() - t0
 
-    _stage(3, f"distilling {config.teacher} into {config.arch} ({config.epochs} epochs)", start)
+    _stage(3, f"distilling {kd.teacher} into {student.arch} ({config.trainer.epochs} epochs)", start)
     t0 = time.perf_counter()
-    kd_dir = train(replace(config, out_dir=str(out / "kd")), progress=True)
+    kd_dir = train(config.replace(out_dir=str(out / "kd")), progress=True)
     timings["KD training"] = time.perf_counter() - t0
 
-    _stage(4, f"training {config.arch} SSCD-only for the same number of steps", start)
+    _stage(4, f"training {student.arch} SSCD-only for the same number of steps", start)
     t0 = time.perf_counter()
-    sscd_dir = train(replace(config, teacher=None, out_dir=str(out / "sscd_only")), progress=True)
+    sscd_dir = train(config.replace(teacher=None, out_dir=str(out / "sscd_only")), progress=True)
     timings["SSCD-only training"] = time.perf_counter() - t0
 
     _stage(5, "evaluating the students, pHash and PDQ", start)
     t0 = time.perf_counter()
     students = {
-        f"{config.arch} KD": f"ckpt:{kd_dir / 'final' / STUDENT_FILE}",
-        f"{config.arch} SSCD-only": f"ckpt:{sscd_dir / 'final' / STUDENT_FILE}",
-        f"{config.arch} untrained": f"{config.arch}:dims={config.dims},seed={seed}",
+        f"{student.arch} KD": f"ckpt:{kd_dir / 'final' / STUDENT_FILE}",
+        f"{student.arch} SSCD-only": f"ckpt:{sscd_dir / 'final' / STUDENT_FILE}",
+        f"{student.arch} untrained": f"{student.arch}:dims={student.dims},seed={seed}",
     }
     for label, spec in students.items():
-        descriptor = load_descriptor(spec, resize=config.val_resize)
+        descriptor = load_descriptor(spec, resize=data.val_resize)
         descriptor.name = label
         folder = label.replace(" ", "_").replace("-", "_")
         results.append(evaluate_disc(layout, descriptor, out / "eval" / folder))
@@ -89,15 +91,15 @@ def run_quickstart(out: str | Path, size: str = "small", seed: int = 0, recipe: 
                "images composited from photo cut-outs and textures, train photos disjoint from them"
                if meta["source"] == "real" else "procedural scenes (no curated real photos found)")
     kd_text = (f"memory-bank similarity distillation towards the teacher's keys of the "
-               f"{'unedited images' if config.kd_target == 'clean' else 'views'} (weight "
-               f"{config.kd_weight}, bank {config.bank_size})")
+               f"{'unedited images' if kd.target == 'clean' else 'views'} (weight "
+               f"{kd.weight}, bank {kd.bank_size})")
     intro = (
         f"<p>Embedded benchmark <b>{size}</b> (seed {seed}; {made_of}), DISC21 layout and ISC2021 metrics, "
-        f"kNN k = 10. Teacher <code>{config.teacher}</code> at short side 288 (SSCD's protocol); "
-        f"students <code>{config.arch}</code> ({config.dims}-d) at <code>{config.val_resize}</code>. "
-        f"Students trained {config.epochs} epochs on the benchmark's train split only "
-        f"({config.cached_views} cached {config.image_size}px ADVANCED views per image, seen by the "
-        f"student at {config.student_size or config.image_size}px), the KD "
+        f"kNN k = 10. Teacher <code>{kd.teacher}</code> at short side 288 (SSCD's protocol); "
+        f"students <code>{student.arch}</code> ({student.dims}-d) at <code>{data.val_resize}</code>. "
+        f"Students trained {config.trainer.epochs} epochs on the benchmark's train split only "
+        f"({data.cached_views} cached {data.image_size}px ADVANCED views per image, seen by the "
+        f"student at {student.input_size or data.image_size}px), the KD "
         f"student with {kd_text} + InfoNCE/KoLeo, the SSCD-only student with InfoNCE/KoLeo alone.</p>"
     )
     report = write_report(results, out / "report.html", title="copydistill quickstart", intro=intro)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from copydistill.errors import ModelSpecError
-from copydistill.models.gem import GeM, L2Norm, PixelInput
+from copydistill.models.gem import GEM_P, GeM, L2Norm, PixelInput
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -134,7 +134,7 @@ class EmbeddingModel(nn.Module):
     loss to undo over many steps (docs/training.md). At inference it is a fixed affine map.
     """
 
-    def __init__(self, arch: str, dims: int = 512, gem_p: float = 3.0, kd_dim: int | None = None,
+    def __init__(self, arch: str, dims: int = 512, gem_p: float = GEM_P, kd_dim: int | None = None,
                  head_norm: str = "none"):
         super().__init__()
         trunk = build_trunk(arch)

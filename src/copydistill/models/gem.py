@@ -16,10 +16,13 @@ def gem(x: torch.Tensor, p: float, eps: float, dims: List[int]) -> torch.Tensor:
     return x.clamp(min=eps).pow(p).mean(dim=dims).pow(1.0 / p)
 
 
+GEM_P = 3.0  # SSCD's fixed GeM power (§1.1): the one default every head and config uses
+
+
 class GeM(nn.Module):
     """g_c = (mean_{h,w} max(x, eps)^p)^(1/p) with a fixed p (SSCD uses p = 3, not learned)."""
 
-    def __init__(self, p: float = 3.0, eps: float = 1e-6):
+    def __init__(self, p: float = GEM_P, eps: float = 1e-6):
         super().__init__()
         self.p = p
         self.eps = eps

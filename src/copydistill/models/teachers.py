@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from copydistill.errors import ModelSpecError
 from copydistill.io.torch_files import torch_load_safely
-from copydistill.models.gem import GeM, gem
+from copydistill.models.gem import GEM_P, GeM, gem
 
 
 def load_weights(path: str | Path) -> dict:
@@ -67,7 +67,7 @@ def load_checked(model: nn.Module, state: dict, path: Path, what: str) -> None:
 class SSCDResNet50(nn.Module):
     """SSCD's torchvision-format model: ``backbone`` = ResNet-50, avgpool -> GeM(3), fc -> dims."""
 
-    def __init__(self, dims: int = 512, gem_p: float = 3.0):
+    def __init__(self, dims: int = 512, gem_p: float = GEM_P):
         super().__init__()
         import torchvision
 
@@ -102,7 +102,7 @@ def load_sscd_torchvision(path: str | Path) -> SSCDResNet50:
 class DinoViT(nn.Module):
     """DINO ViT-B/16 descriptor: L2(concat(CLS token, GeM(p=3) over patch tokens)) (§3.2)."""
 
-    def __init__(self, gem_p: float = 3.0):
+    def __init__(self, gem_p: float = GEM_P):
         super().__init__()
         import timm
 

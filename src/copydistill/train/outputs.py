@@ -3,12 +3,11 @@ and plain values only, ``weights_only=True``) before a run resumes from it."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import yaml
 
-from copydistill.config import TrainConfig
+from copydistill.config import TrainConfig, config_from_dict, to_flat
 from copydistill.errors import CopydistillError, ModelSpecError
 from copydistill.io.torch_files import torch_load_safely
 
@@ -23,8 +22,19 @@ MODEL_KEYS = ("arch", "dims", "kd_dim", "contrastive", "teacher")
 
 
 def _plain(config: TrainConfig) -> dict:
-    """The config as ``config.yaml`` stores it (YAML types)."""
-    return yaml.safe_load(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    """Every option by its flat name, in YAML types (as checkpoints store the config)."""
+    return yaml.safe_load(yaml.safe_dump(to_flat(config), sort_keys=False))
+
+
+def _stored_options(stored) -> dict | None:
+    """A stored config (a run's ``config.yaml``: nested, or flat from before the nested config;
+    or a checkpoint's flat ``hyper_parameters``) by flat name; None if it does not load."""
+    if not isinstance(stored, dict):
+        return None
+    try:
+        return _plain(config_from_dict(stored, "the stored config"))
+    except CopydistillError:
+        return None
 
 
 def _differences(stored: dict, current: dict) -> list[str]:
@@ -66,7 +76,7 @@ def resume_point(config: TrainConfig, resume: str | None) -> str | None:
     ``out_dir`` that holds another run's checkpoints."""
     if resume is not None:
         return check_resume(resume, config)
-    out = Path(config.out_dir)
+    out = Path(config.trainer.out_dir)
     last = out / "checkpoints" / "last.ckpt"
     if not (last.is_file() or (out / "final").is_dir()):
         return None  # nothing trained here yet
@@ -77,7 +87,8 @@ def resume_point(config: TrainConfig, resume: str | None) -> str | None:
         stored = None
     if stored is None and last.is_file():
         stored = load_checkpoint_safely(last)["hyper_parameters"]["config"]
-    changed = _differences(stored, _plain(config)) if isinstance(stored, dict) else ["config.yaml"]
+    stored = _stored_options(stored)
+    changed = _differences(stored, _plain(config)) if stored is not None else ["config.yaml"]
     if changed:
         raise CopydistillError(
             f"{out} holds another training run ({', '.join(changed[:6])} differ from its "

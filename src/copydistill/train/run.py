@@ -28,8 +28,10 @@ from copydistill.train.data import (
     collate,
     image_teacher_keys,
 )
-from copydistill.train.module import CopyDetectionModule
+from copydistill.train.distillation import DistillationModule
+from copydistill.train.module import DescriptorModule
 from copydistill.train.outputs import resume_point
+from copydistill.train.teacher import teacher_keys_for
 
 STUDENT_FILE = "student.pt"
 
@@ -52,11 +54,12 @@ class ViewsData(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        batch = min(self.config.batch_size, len(self.dataset) // world)
+        batch = min(self.config.data.batch_size, len(self.dataset) // world)
         if batch < 2:
             raise CopydistillError(f"{len(self.dataset)} training images are too few for {world} process(es)")
-        sampler = EpochSampler(len(self.dataset), self.config.seed, rank, world)
-        workers = 0 if self.config.cached_views else self.config.workers  # a cache is in memory
+        sampler = EpochSampler(len(self.dataset), self.config.trainer.seed, rank, world)
+        data = self.config.data
+        workers = 0 if data.cached_views else data.workers  # a cache is in memory
         self.loader = DataLoader(self.dataset, batch_size=batch, sampler=sampler, num_workers=workers,
                                  collate_fn=collate, drop_last=True, persistent_workers=False,
                                  pin_memory=torch.cuda.is_available())
@@ -82,21 +85,21 @@ class ViewsData(L.LightningDataModule):
             self.loader.sampler.resume_from(epoch, batches * self.loader.batch_size)
 
 
-def student_descriptor(module: CopyDetectionModule, resize: str, name: str = "student") -> TorchDescriptor:
+def student_descriptor(module: DescriptorModule, resize: str, name: str = "student") -> TorchDescriptor:
     """The student as a Descriptor (a copy on the CPU, in eval mode)."""
     import copy
 
     student = copy.deepcopy(module.student).cpu().eval()
-    c = module.config
+    c = module.config.student
     return TorchDescriptor(PixelModel(student), name, c.dims, ResizePolicy.parse(resize),
                            identity=f"{c.arch}-trained")
 
 
-def save_student(module: CopyDetectionModule, path: Path) -> None:
+def save_student(module: DescriptorModule, path: Path) -> None:
     """A self-describing student file (tensors and plain values: loads with weights_only=True)."""
-    c = module.config
+    c = module.config.student
     payload = {"arch": c.arch, "dims": c.dims, "kd_dim": c.kd_dim, "gem_p": c.gem_p, "head_norm": c.head_norm,
-               "resize": c.val_resize, "state_dict": {k: v.cpu() for k, v in module.student.state_dict().items()}}
+               "resize": module.config.data.val_resize, "state_dict": {k: v.cpu() for k, v in module.student.state_dict().items()}}
     with atomic_write(path, "wb") as handle:
         torch.save(payload, handle)
 
@@ -160,16 +163,13 @@ def export_student_files(folder: Path, formats: list[str]) -> list[Path]:
     return written
 
 
-def load_teacher(spec: str | None, threads: int | None = None) -> tuple[object | None, Descriptor | None]:
-    """(what the module calls, the Descriptor): torch teachers run as modules on the device."""
+def load_teacher(spec: str | None, threads: int | None = None) -> Descriptor | None:
+    """The teacher the spec names, as a Descriptor (None: no distillation)."""
     if spec is None:
-        return None, None
+        return None
     from copydistill.models.registry import load_descriptor
 
-    descriptor = load_descriptor(spec, threads=threads)
-    if isinstance(descriptor, TorchDescriptor):
-        return descriptor.module, descriptor
-    return descriptor, descriptor
+    return load_descriptor(spec, threads=threads)
 
 
 def cpu_has_bf16() -> bool:
@@ -184,20 +184,22 @@ def cpu_has_bf16() -> bool:
 
 def resolve_precision(config: TrainConfig, cuda: bool) -> str:
     """``precision: auto``: bf16-mixed on a GPU or a bf16-capable CPU, else 32-true."""
-    if config.precision != "auto":
-        return config.precision
-    return "bf16-mixed" if cuda or (config.accelerator in ("auto", "cpu") and cpu_has_bf16()) else "32-true"
+    trainer = config.trainer
+    if trainer.precision != "auto":
+        return trainer.precision
+    return "bf16-mixed" if cuda or (trainer.accelerator in ("auto", "cpu") and cpu_has_bf16()) else "32-true"
 
 
 def build_trainer(config: TrainConfig, callbacks: list[Callback], progress: bool = True) -> L.Trainer:
-    out = Path(config.out_dir)
-    cuda = torch.cuda.is_available() and config.accelerator in ("auto", "gpu", "cuda")
+    t = config.trainer
+    out = Path(t.out_dir)
+    cuda = torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda")
     precision = resolve_precision(config, cuda)
-    devices = config.devices if config.devices == "auto" else int(config.devices)
+    devices = t.devices if t.devices == "auto" else int(t.devices)
     return L.Trainer(
-        default_root_dir=out, max_epochs=config.epochs, max_steps=config.max_steps,
-        accelerator=config.accelerator, devices=devices, num_nodes=config.num_nodes,
-        precision=precision, use_distributed_sampler=False, log_every_n_steps=config.log_every_n_steps,
+        default_root_dir=out, max_epochs=t.epochs, max_steps=t.max_steps,
+        accelerator=t.accelerator, devices=devices, num_nodes=t.num_nodes,
+        precision=precision, use_distributed_sampler=False, log_every_n_steps=t.log_every_n_steps,
         logger=[CSVLogger(out, name="logs"), TensorBoardLogger(out, name="tensorboard")],
         callbacks=callbacks, enable_progress_bar=progress, num_sanity_val_steps=0,
         enable_model_summary=False, deterministic=False,
@@ -206,34 +208,38 @@ def build_trainer(config: TrainConfig, callbacks: list[Callback], progress: bool
 
 def train(config: TrainConfig, resume: str | None = None, progress: bool = True) -> Path:
     """Run ``config``; returns the output folder. Resumes from ``resume`` (or ``last.ckpt``)."""
-    config.validate()
-    out = Path(config.out_dir)
-    if not config.train_images:
+    data, trainer, kd = config.data, config.trainer, config.distillation
+    out = Path(trainer.out_dir)
+    if not data.train_images:
         raise CopydistillError("train_images is not set: pass train_images=FOLDER")
     ckpt = resume_point(config, resume)  # refuses another run's out_dir and unsafe checkpoints
-    L.seed_everything(config.seed, workers=True, verbose=False)
-    teacher, teacher_descriptor = load_teacher(config.teacher)
-    augment = SSCDAugment(config.augmentations, config.image_size, config.crop_scale_min)
-    cache_dir = config.cache_dir or out / "cache"
-    view_teacher = teacher_descriptor if config.kd_target == "view" else None
-    if config.cached_views:
-        dataset = build_view_cache(config.train_images, augment, config.cached_views, view_teacher,
-                                   cache_dir, config.seed, progress=progress)
+    L.seed_everything(trainer.seed, workers=True, verbose=False)
+    teacher_descriptor = load_teacher(kd.teacher if kd else None)
+    augment = SSCDAugment(data.augmentations, data.image_size, data.crop_scale_min)
+    cache_dir = data.cache_dir or out / "cache"
+    view_teacher = teacher_descriptor if kd and kd.target == "view" else None
+    if data.cached_views:
+        dataset = build_view_cache(data.train_images, augment, data.cached_views, view_teacher,
+                                   cache_dir, trainer.seed, progress=progress)
     else:
-        dataset = TwoViewImages(config.train_images, augment, config.seed)
-    if teacher_descriptor is not None and config.kd_target == "clean":
-        dataset = WithImageKeys(dataset, image_teacher_keys(config.train_images, teacher_descriptor,
+        dataset = TwoViewImages(data.train_images, augment, trainer.seed)
+    if kd and kd.target == "clean":
+        dataset = WithImageKeys(dataset, image_teacher_keys(data.train_images, teacher_descriptor,
                                                             cache_dir, progress))
-    module = CopyDetectionModule(config, teacher, teacher_descriptor.dims if teacher_descriptor else None)
+    if teacher_descriptor is None:
+        module = DescriptorModule(config)
+    else:
+        teacher = teacher_keys_for(teacher_descriptor, bf16_on_gpu=trainer.precision != "32-true")
+        module = DistillationModule(config, teacher)
     callbacks: list[Callback] = [
         ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,  # last.ckpt
-                        **({"every_n_train_steps": config.checkpoint_every_n_steps}
-                           if config.checkpoint_every_n_steps else {"every_n_epochs": 1})),
+                        **({"every_n_train_steps": trainer.checkpoint_every_n_steps}
+                           if trainer.checkpoint_every_n_steps else {"every_n_epochs": 1})),
         LearningRateMonitor(logging_interval="step"),
-        ExportStudent(out, config.export),
+        ExportStudent(out, trainer.export),
     ]
-    if config.val_data:
-        callbacks.insert(0, DiscValidation(config.val_data, config.val_resize, config.val_every_n_epochs, out))
+    if data.val_data:
+        callbacks.insert(0, DiscValidation(data.val_data, data.val_resize, trainer.val_every_n_epochs, out))
     trainer = build_trainer(config, callbacks, progress)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", dump_config(config))  # only now that training starts
