@@ -673,3 +673,27 @@ def test_dino_rejects_a_resnet_checkpoint(sscd_file, fast_vit_init):
     assert str(sscd_file) in message
     assert "missing keys" in message and "unexpected keys" in message
     assert "ViT-B/16" in message
+
+
+def test_torch_teacher_channels_last_input_gives_the_same_keys():
+    """channels_last (the student's layout on a GPU, docs/training.md): the teacher's pixels are
+    NHWC in memory, so its normalised input is channels_last-strided, and the keys do not change."""
+    import torch
+
+    from copydistill.models.backbones import EmbeddingModel, PixelModel
+    from copydistill.train.teacher import TorchTeacher
+
+    torch.manual_seed(0)
+    teacher = TorchTeacher(PixelModel(EmbeddingModel("resnet18", dims=16)).eval(), 16)
+    views = torch.randint(0, 256, (2, 3, 40, 40), dtype=torch.uint8)
+    cpu = torch.device("cpu")
+    nhwc = teacher.pixels(views, cpu, channels_last=True)
+    normalised = teacher.module.input(nhwc)
+    assert normalised.is_contiguous(memory_format=torch.channels_last)
+    assert not teacher.module.input(teacher.pixels(views, cpu, channels_last=False)).is_contiguous(
+        memory_format=torch.channels_last)
+    with torch.no_grad():
+        a = teacher.module(nhwc)
+        b = teacher.module(teacher.pixels(views, cpu, channels_last=False))
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(teacher.keys(views, cpu), torch.nn.functional.normalize(b, dim=1), atol=1e-5)

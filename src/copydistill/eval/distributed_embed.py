@@ -189,6 +189,50 @@ def build_trainer(accelerator: str, devices: int, num_nodes: int, out: Path, pro
         ) from err
 
 
+def embed_records_in_group(
+    descriptor: Descriptor,
+    records: list[ImageRecord],
+    out_dir: str | Path,
+    on_error: OnError = "skip",
+    desc: str = "embed",
+    progress: bool = False,
+    workers: int = 2,
+) -> Embeddings | None:
+    """``embed_records`` by every process of the process group already running (a training
+    job's, for in-training validation): the chunks of ``embed_records_distributed``, each rank
+    on its own device, no new Trainer. Every rank must call it; rank 0 returns the embeddings,
+    the others None. ``out_dir`` must be on a filesystem every node sees. ``desc`` and
+    ``progress`` are unused (no bar inside a training loop).
+    """
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    out = Path(out_dir)
+    meta = cache_meta(descriptor.fingerprint(), records)
+    failure = None
+    if rank == 0:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            start_cache(out, meta)
+        except Exception as err:  # noqa: BLE001 -- reported to every rank
+            failure = ("preparing the cache folder", err)
+    _raise_first_failure(failure)  # also the barrier: the folder is ready for every rank
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for start in rank_chunks(len(records), rank, world):
+            try:
+                embed_part(descriptor, records, start, out, on_error, pool)
+            except Exception as err:  # noqa: BLE001 -- reported to every rank after the loop
+                failure = (f"embedding the chunk at image {start}", err)
+                break
+    _raise_first_failure(failure)
+    result = None
+    if rank == 0:
+        try:
+            result = assemble_parts(_read_parts(out, len(records)), descriptor.dims, out)
+        except Exception as err:  # noqa: BLE001 -- reported to every rank
+            failure = ("assembling the parts", err)
+    _raise_first_failure(failure)
+    return result
+
+
 def embed_records_distributed(
     descriptor: Descriptor,
     records: list[ImageRecord],

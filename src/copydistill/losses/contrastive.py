@@ -9,6 +9,9 @@ from torch.nn import functional as F
 
 from copydistill.losses.distributed import gather, gather_with_grad, world
 
+# log(1e-6) as the float32 logits hold it (a Python constant: no tensor, no device sync)
+LOG_EPS = float(torch.log(torch.tensor(1e-6)))
+
 
 def match_matrix(instance_ids: torch.Tensor) -> torch.Tensor:
     """(n, N_glob) bool: local rows vs gathered rows of the same instance (self pair included)."""
@@ -21,6 +24,7 @@ class InfoNCEEntropy(nn.Module):
 
     Each positive is contrasted against the negatives of its row only; other positives and the
     self pair are not in the denominator. ``entropy_weight`` λ = 0 disables the KoLeo term.
+    Masked means are sums over counts, not boolean indexing: nothing waits for the device.
     """
 
     def __init__(self, temperature: float = 0.05, entropy_weight: float = 30.0):
@@ -37,7 +41,8 @@ class InfoNCEEntropy(nn.Module):
         with torch.autocast(embeddings.device.type, enabled=False):  # fp32 logits: bf16 is too coarse at τ 0.05
             sims = embeddings @ everything.T
         identity = torch.zeros_like(match)
-        identity[torch.arange(n), rank * n + torch.arange(n)] = True
+        rows = torch.arange(n, device=match.device)
+        identity[rows, rank * n + rows] = True
         negatives = ~match
         positives = match & ~identity
         logits = sims / self.temperature
@@ -45,11 +50,12 @@ class InfoNCEEntropy(nn.Module):
         # log(e_ij + Σneg e_ik + 1e-6), computed stably
         denom = torch.logsumexp(
             torch.stack([logits, neg_lse.expand_as(logits),
-                         torch.full_like(logits, torch.log(torch.tensor(1e-6)).item())]), dim=0
+                         torch.full_like(logits, LOG_EPS)]), dim=0
         )
         nll = (denom - logits) * positives
         per_row = nll.sum(1) / positives.sum(1).clamp(min=1)
-        nce = per_row[positives.any(1)].mean()
+        with_positive = positives.any(1)
+        nce = (per_row * with_positive).sum() / with_positive.sum().clamp(min=1)
         nearest = sims.masked_fill(~negatives, -100.0).max(dim=1).values
         distance = torch.sqrt((2 - 2 * nearest).clamp(min=1e-6))
         entropy = -torch.log(distance).mean()
@@ -57,12 +63,17 @@ class InfoNCEEntropy(nn.Module):
         stats = {
             "nce": nce.detach(),
             "entropy": entropy.detach(),
-            "positive_sim": sims[positives].mean().detach(),
-            "negative_sim": sims[negatives].mean().detach(),
+            "positive_sim": _masked_mean(sims, positives).detach(),
+            "negative_sim": _masked_mean(sims, negatives).detach(),
             "nearest_negative_sim": nearest.mean().detach(),
             "center_norm": embeddings.mean(0).norm().detach(),
         }
         return loss, stats
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """mean(values[mask]) without boolean indexing (which makes the host wait for the device)."""
+    return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
 class DirectCLR(nn.Module):

@@ -34,27 +34,27 @@ class MemoryBank(nn.Module):
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
-        """Write ``keys`` at the pointer, wrapping around; more keys than slots keeps the newest."""
+        """Write ``keys`` at the pointer, wrapping around; more keys than slots keeps the newest.
+
+        Slots and counters are computed on the bank's device (``index_copy_`` at
+        (pointer + i) mod K): no ``int(pointer)``, so the host never waits for the device.
+        """
         keys = keys.detach().to(self.queue.dtype)
-        if keys.shape[0] >= self.size:
+        n = keys.shape[0]
+        if n >= self.size:
             self.queue.copy_(keys[-self.size :])  # oldest at 0, so the next write lands there
             self.pointer.fill_(0)
             self.filled.fill_(self.size)
             return
-        start = int(self.pointer)
-        end = start + keys.shape[0]
-        if end <= self.size:
-            self.queue[start:end] = keys
-        else:
-            first = self.size - start
-            self.queue[start:] = keys[:first]
-            self.queue[: end - self.size] = keys[first:]
-        self.pointer.fill_(end % self.size)
-        self.filled.fill_(min(self.size, int(self.filled) + keys.shape[0]))
+        slots = (self.pointer + torch.arange(n, device=self.queue.device)) % self.size
+        self.queue.index_copy_(0, slots, keys)
+        self.pointer.copy_((self.pointer + n) % self.size)
+        self.filled.copy_(torch.clamp(self.filled + n, max=self.size))
 
     def ordered(self) -> torch.Tensor:
         """The queue from oldest to newest (for inspection and tests)."""
-        return torch.roll(self.queue, shifts=-int(self.pointer), dims=0)
+        order = (self.pointer + torch.arange(self.size, device=self.queue.device)) % self.size
+        return self.queue[order]
 
 
 OBJECTIVES = ("cross_entropy", "kl")

@@ -57,12 +57,46 @@ def _torchvision_regnet(name: str) -> Trunk:
 
 
 class _TimmFeatures(nn.Module):
+    """A timm model's ``forward_features``, without the top-level layers it never uses.
+
+    timm keeps the classifier-side layers of some models even with ``num_classes=0`` (MobileNetV4's
+    ``conv_head``/``norm_head``, used only in ``forward_head``): parameters that never get a
+    gradient, which DDP refuses (it would need ``find_unused_parameters``, a graph walk every step)
+    and which inflate parameter counts. They are replaced by ``nn.Identity``; checkpoints that
+    still hold them load (their keys are dropped).
+    """
+
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
+        self.dropped = _drop_unused_children(net, lambda x: net.forward_features(x))
+        self._register_load_state_dict_pre_hook(self._skip_dropped)
+
+    def _skip_dropped(self, state_dict, prefix, *args) -> None:
+        for key in [k for k in state_dict if k.startswith(tuple(f"{prefix}net.{d}." for d in self.dropped))]:
+            del state_dict[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.forward_features(x)
+
+
+def _drop_unused_children(net: nn.Module, forward: Callable, size: int = 64) -> tuple[str, ...]:
+    """Replace the top-level children of ``net`` whose parameters ``forward`` never uses by
+    ``nn.Identity`` (one backward at ``size`` px, in eval mode); returns their names."""
+    was_training = net.training
+    net.eval()
+    for p in net.parameters():
+        p.grad = None
+    forward(torch.zeros(1, 3, size, size)).float().sum().backward()
+    dropped = tuple(name for name, child in net.named_children()
+                    if any(True for _ in child.parameters())
+                    and all(p.grad is None for p in child.parameters()))
+    for p in net.parameters():
+        p.grad = None
+    for name in dropped:
+        setattr(net, name, nn.Identity())
+    net.train(was_training)
+    return dropped
 
 
 def _timm(name: str) -> Trunk:

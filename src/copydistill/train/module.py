@@ -105,8 +105,14 @@ class DescriptorModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_model(self) -> None:
-        """SyncBN for the student and the objective's encoders when several processes train."""
+        """SyncBN for the student and the objective's encoders when several processes train on
+        GPUs (PyTorch's SyncBN has no CPU kernel: CPU processes keep per-rank statistics)."""
         if self.config.trainer.sync_bn and self._trainer is not None and self.trainer.world_size > 1:
+            if self.trainer.strategy.root_device.type != "cuda":
+                from lightning.pytorch.utilities import rank_zero_warn
+
+                rank_zero_warn("sync_bn: SyncBatchNorm needs GPUs; CPU processes keep their own BN statistics")
+                return
             self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
             self.objective.convert_sync_batchnorm()
 

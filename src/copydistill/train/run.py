@@ -3,23 +3,22 @@ export. ``copydistill train --config FILE [key=value ...]`` calls ``train``."""
 
 from __future__ import annotations
 
-import json
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader
 
 from copydistill.augment.sscd import SSCDAugment
 from copydistill.config import TrainConfig, dump_config
 from copydistill.errors import CopydistillError
-from copydistill.io.atomic import atomic_write, atomic_write_text
-from copydistill.models.backbones import PixelModel
-from copydistill.models.descriptor import Descriptor, ResizePolicy
-from copydistill.models.torch_descriptor import TorchDescriptor
+from copydistill.io.atomic import atomic_write_text
+from copydistill.models.descriptor import Descriptor
 from copydistill.train.data import (
     EpochSampler,
     TwoViewImages,
@@ -32,8 +31,11 @@ from copydistill.train.distillation import DistillationModule
 from copydistill.train.module import DescriptorModule
 from copydistill.train.outputs import resume_point
 from copydistill.train.teacher import teacher_keys_for
+from copydistill.train.validation import STUDENT_FILE, DiscValidation, save_student, student_descriptor
 
-STUDENT_FILE = "student.pt"
+__all__ = ["STUDENT_FILE", "DiscValidation", "save_student", "student_descriptor", "train", "build_trainer"]
+# ranks wait in a collective while rank 0 scores a validation set: longer than the 30-minute default
+COLLECTIVE_TIMEOUT = timedelta(hours=3)
 
 
 class ViewsData(L.LightningDataModule):
@@ -83,54 +85,6 @@ class ViewsData(L.LightningDataModule):
         if self.resume is not None and self.loader is not None:
             epoch, batches = self.resume
             self.loader.sampler.resume_from(epoch, batches * self.loader.batch_size)
-
-
-def student_descriptor(module: DescriptorModule, resize: str, name: str = "student") -> TorchDescriptor:
-    """The student as a Descriptor (a copy on the CPU, in eval mode)."""
-    import copy
-
-    student = copy.deepcopy(module.student).cpu().eval()
-    c = module.config.student
-    return TorchDescriptor(PixelModel(student), name, c.dims, ResizePolicy.parse(resize),
-                           identity=f"{c.arch}-trained")
-
-
-def save_student(module: DescriptorModule, path: Path) -> None:
-    """A self-describing student file (tensors and plain values: loads with weights_only=True)."""
-    c = module.config.student
-    payload = {"arch": c.arch, "dims": c.dims, "kd_dim": c.kd_dim, "gem_p": c.gem_p, "head_norm": c.head_norm,
-               "resize": module.config.data.val_resize, "state_dict": {k: v.cpu() for k, v in module.student.state_dict().items()}}
-    with atomic_write(path, "wb") as handle:
-        torch.save(payload, handle)
-
-
-class DiscValidation(Callback):
-    """µAP on a DISC-layout set after every ``every`` epochs (rank 0); keeps the best student."""
-
-    def __init__(self, data: str, resize: str, every: int, out: Path):
-        from copydistill.data.disc import DiscLayout
-
-        self.layout = DiscLayout.find(data)
-        self.resize, self.every, self.out = resize, every, out
-        self.best = -1.0
-
-    def on_train_epoch_end(self, trainer, module) -> None:
-        if (trainer.current_epoch + 1) % self.every and trainer.current_epoch + 1 != trainer.max_epochs:
-            return
-        if trainer.global_rank != 0:
-            return
-        from copydistill.eval.disc import evaluate_disc
-
-        result = evaluate_disc(self.layout, student_descriptor(module, self.resize),
-                               self.out / "val" / f"epoch-{trainer.current_epoch:04d}", progress=False)
-        summary = result.summary()
-        module.log("val/uAP", summary["uAP"], rank_zero_only=True)
-        if summary["uAP_SN"] is not None:
-            module.log("val/uAP_SN", summary["uAP_SN"], rank_zero_only=True)
-        if summary["uAP"] > self.best:
-            self.best = summary["uAP"]
-            save_student(module, self.out / "best" / STUDENT_FILE)
-            atomic_write_text(self.out / "best" / "metrics.json", json.dumps(summary | {"epoch": trainer.current_epoch}))
 
 
 class ExportStudent(Callback):
@@ -190,6 +144,23 @@ def resolve_precision(config: TrainConfig, cuda: bool) -> str:
     return "bf16-mixed" if cuda or (trainer.accelerator in ("auto", "cpu") and cpu_has_bf16()) else "32-true"
 
 
+def training_strategy(config: TrainConfig, cuda: bool) -> DDPStrategy | str:
+    """DDP without buffer broadcasts when more than one process trains, else Lightning's default.
+
+    ``broadcast_buffers=False``: DDP would otherwise copy rank 0's buffers to every rank before
+    each forward — the memory bank, the MoCo queue and the key encoder, 128 MiB a step for a
+    512-d 65,536-key bank — although every rank already enqueues the same gathered keys
+    (losses/distributed.py) and the EMA follows identical parameters. BatchNorm statistics stay
+    equal across ranks with ``sync_bn`` (the DISC recipes); without it each rank keeps its own and
+    rank 0's are checkpointed.
+    """
+    t = config.trainer
+    devices = (torch.cuda.device_count() if cuda else 1) if t.devices == "auto" else int(t.devices)
+    if devices * t.num_nodes <= 1:
+        return "auto"
+    return DDPStrategy(broadcast_buffers=False, timeout=COLLECTIVE_TIMEOUT)
+
+
 def build_trainer(config: TrainConfig, callbacks: list[Callback], progress: bool = True) -> L.Trainer:
     t = config.trainer
     out = Path(t.out_dir)
@@ -199,6 +170,7 @@ def build_trainer(config: TrainConfig, callbacks: list[Callback], progress: bool
     return L.Trainer(
         default_root_dir=out, max_epochs=t.epochs, max_steps=t.max_steps,
         accelerator=t.accelerator, devices=devices, num_nodes=t.num_nodes,
+        strategy=training_strategy(config, cuda),
         precision=precision, use_distributed_sampler=False, log_every_n_steps=t.log_every_n_steps,
         logger=[CSVLogger(out, name="logs"), TensorBoardLogger(out, name="tensorboard")],
         callbacks=callbacks, enable_progress_bar=progress, num_sanity_val_steps=0,
@@ -229,7 +201,8 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
     if teacher_descriptor is None:
         module = DescriptorModule(config)
     else:
-        teacher = teacher_keys_for(teacher_descriptor, bf16_on_gpu=trainer.precision != "32-true")
+        teacher = teacher_keys_for(teacher_descriptor, bf16_on_gpu=trainer.precision != "32-true",
+                                   channels_last=config.student.channels_last)
         module = DistillationModule(config, teacher)
     callbacks: list[Callback] = [
         ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,  # last.ckpt
@@ -239,7 +212,8 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
         ExportStudent(out, trainer.export),
     ]
     if data.val_data:
-        callbacks.insert(0, DiscValidation(data.val_data, data.val_resize, trainer.val_every_n_epochs, out))
+        callbacks.insert(0, DiscValidation(data.val_data, data.val_resize, trainer.val_every_n_epochs, out,
+                                               workers=max(2, data.workers)))
     trainer = build_trainer(config, callbacks, progress)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", dump_config(config))  # only now that training starts
