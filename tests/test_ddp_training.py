@@ -49,19 +49,20 @@ def _worker(rank: int, port: int, images: str, bench: str, out: str, results: st
     from lightning.pytorch.callbacks import Callback
 
     import copydistill.eval.distributed_embed as distributed_embed
+    import copydistill.eval.embed as embed
     import copydistill.io.embeddings as store
     import copydistill.train.run as run
     from copydistill.config import load_config
 
-    store.CHUNK = SMALL_CHUNK
+    store.CHUNK, embed.WINDOW_CHUNKS = SMALL_CHUNK, 1
     embedded: list[int] = []
-    original_part = distributed_embed.embed_part
+    original_window = distributed_embed.embed_window
 
-    def recording_part(descriptor, records, start, *args, **kwargs):
-        embedded.append(int(start))
-        return original_part(descriptor, records, start, *args, **kwargs)
+    def recording_window(descriptor, records, window, *args, **kwargs):
+        embedded.extend(int(start) for start in window)
+        return original_window(descriptor, records, window, *args, **kwargs)
 
-    distributed_embed.embed_part = recording_part
+    distributed_embed.embed_window = recording_window
     report: dict = {"banks": []}
 
     class Probe(Callback):

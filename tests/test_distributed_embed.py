@@ -28,11 +28,13 @@ from copydistill.io.embeddings import Embeddings
 from copydistill.io.records import folder_records
 from copydistill.models.registry import load_descriptor
 
-SPEC, RESIZE, CHUNK = "resnet18:dims=64,seed=0", "square:48", 4
-RUNNER = """
+SPEC, RESIZE, CHUNK, WINDOW = "resnet18:dims=64,seed=0", "square:48", 4, 2
+RUNNER = f"""
 import sys
+from copydistill.eval import embed
 from copydistill.io import embeddings
 embeddings.CHUNK = int(sys.argv[1])
+embed.WINDOW_CHUNKS = {WINDOW}
 from copydistill.cli import main
 sys.exit(main(sys.argv[2:]))
 """
@@ -56,7 +58,10 @@ def images(tmp_path):
 
 @pytest.fixture
 def small_chunks(monkeypatch):
+    import copydistill.eval.embed as embed
+
     monkeypatch.setattr(store, "CHUNK", CHUNK)
+    monkeypatch.setattr(embed, "WINDOW_CHUNKS", WINDOW)  # 11 images: windows [0, 4] and [8]
 
 
 @pytest.fixture
@@ -83,13 +88,14 @@ def _assert_same(result: Embeddings, out, expected: Embeddings, expected_out) ->
 
 
 def _killed_run(records, out) -> None:
-    """A single-process run stopped (Ctrl-C) while embedding its third chunk: parts 0 and 4 exist."""
+    """A single-process run stopped (Ctrl-C) while embedding its second window (the chunk at 8):
+    parts 0 and 4 (the first window) exist."""
     killed = _descriptor()
     embed_pixels, calls = killed.embed_pixels, []
 
     def interrupt_on_third(pixels):
         calls.append(len(pixels))
-        if len(calls) == 3:
+        if len(calls) == 2:
             raise KeyboardInterrupt
         return embed_pixels(pixels)
 
@@ -122,7 +128,7 @@ def _embed_two_processes(images, out, *extra: str) -> subprocess.CompletedProces
 
 
 def test_rank_chunks_are_disjoint_and_cover_every_chunk(small_chunks):
-    assert rank_chunks(11, 0, 2) == [0, 8] and rank_chunks(11, 1, 2) == [4]
+    assert rank_chunks(11, 0, 2) == [0, 4] and rank_chunks(11, 1, 2) == [8]  # by window
     shards = [rank_chunks(1001, rank, 3) for rank in range(3)]
     assert sorted(s for shard in shards for s in shard) == list(range(0, 1001, CHUNK))
     assert rank_chunks(4, 1, 2) == []  # more ranks than chunks: nothing, not a padded duplicate
@@ -243,11 +249,11 @@ def test_two_processes_reuse_the_parts_of_a_killed_run(images, cli_reference, tm
 
 @pytest.mark.slow  # a 2-process run (~25 s on 2 cores)
 def test_a_failing_rank_stops_every_rank(images, small_chunks, tmp_path):
-    """img04_bad is in rank 1's chunk: rank 0 must not wait for it forever."""
+    """img04_bad is in rank 0's window (chunks 0 and 4): rank 1 must not wait for it forever."""
     out = tmp_path / "ddp"
     run = _embed_two_processes(images, out, "--on-error", "fail")
     assert run.returncode == 2
-    assert "img04_bad.jpg" in run.stderr and "rank 1" in run.stderr
+    assert "img04_bad.jpg" in run.stderr and "rank 0" in run.stderr
     assert sorted(p.name for p in out.glob("part-*.npz")) == ["part-000000000.npz", "part-000000008.npz"]
     assert not (out / "embeddings.npz").exists()
 

@@ -20,6 +20,7 @@ from copydistill.errors import (
     ImageError,
     TruncatedImageError,
 )
+import copydistill.eval.embed as embed_module
 from copydistill.eval.embed import embed_records
 from copydistill.io import embeddings as store
 from copydistill.io.embeddings import Embeddings
@@ -144,6 +145,7 @@ def seven_images(tmp_path):
 
 def test_resume_after_interrupt(seven_images, tmp_path, monkeypatch):
     monkeypatch.setattr(store, "CHUNK", 2)
+    monkeypatch.setattr(embed_module, "WINDOW_CHUNKS", 1)  # chunk by chunk: resume granularity
     records = seven_images
     out = tmp_path / "run"
     reference = embed_records(PHashDescriptor(), records, None, progress=False)
@@ -189,6 +191,7 @@ def test_resume_after_interrupt(seven_images, tmp_path, monkeypatch):
 
 def test_interrupted_parts_of_another_model_are_not_reused(seven_images, tmp_path, monkeypatch):
     monkeypatch.setattr(store, "CHUNK", 2)
+    monkeypatch.setattr(embed_module, "WINDOW_CHUNKS", 1)  # chunk by chunk: resume granularity
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         embed_records(CountingPHash(interrupt_on=3), seven_images, out, progress=False)
@@ -290,6 +293,7 @@ def test_interrupted_parts_of_another_image_list_are_not_reused(
     seven_images, tmp_path, monkeypatch
 ):
     monkeypatch.setattr(store, "CHUNK", 2)
+    monkeypatch.setattr(embed_module, "WINDOW_CHUNKS", 1)  # chunk by chunk: resume granularity
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         embed_records(CountingPHash(interrupt_on=3), seven_images, out, progress=False)
@@ -298,3 +302,119 @@ def test_interrupted_parts_of_another_image_list_are_not_reused(
     result = embed_records(counting, reordered, out, progress=False)
     assert counting.calls == [2, 1, 2, 1]
     assert result.ids == ["img2", "img3", "img0", "img4", "img5", "img6"]
+
+
+# --------------------------------------------------------------------------------------------
+# Windows: same-shape images of several chunks share batches; decoding runs ahead
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_shapes(tmp_path):
+    """12 images of two aspect ratios, alternating (so a 2-image chunk holds one of each)."""
+    folder = tmp_path / "shapes"
+    folder.mkdir()
+    for i in range(12):
+        size = (96, 64) if i % 2 else (64, 80)
+        procedural_image(500 + i, long_side=(96, 97)).resize(size).save(folder / f"s{i:02d}.jpg", quality=90)
+    return disc_records(folder)
+
+
+def test_windows_fill_batches_across_chunks_with_the_same_vectors(two_shapes, tmp_path, monkeypatch):
+    """short:48 keeps the two aspect ratios apart: chunk by chunk every batch holds one image;
+    windows of 3 chunks batch 3 same-shape images together, and every vector is the same up to
+    float rounding, ids and order unchanged (the resnet's output does not depend on batchmates)."""
+    from copydistill.models.registry import load_descriptor
+
+    import torch
+
+    torch.manual_seed(0)
+    descriptor = load_descriptor("resnet18:dims=16,seed=0", resize="short:48")
+    sizes: list[tuple[int, ...]] = []
+    embed_batch = descriptor.embed_batch
+    descriptor.embed_batch = lambda pixels: (sizes.append(pixels.shape), embed_batch(pixels))[1]
+    monkeypatch.setattr(store, "CHUNK", 2)
+    monkeypatch.setattr(embed_module, "WINDOW_CHUNKS", 1)
+    per_chunk = embed_records(descriptor, two_shapes, tmp_path / "a", progress=False)
+    assert [s[0] for s in sizes] == [1] * 12
+    sizes.clear()
+    monkeypatch.setattr(embed_module, "WINDOW_CHUNKS", 3)
+    windowed = embed_records(descriptor, two_shapes, tmp_path / "b", progress=False)
+    assert [s[0] for s in sizes] == [3] * 4
+    assert windowed.ids == per_chunk.ids == [r.id for r in two_shapes]
+    np.testing.assert_allclose(windowed.vectors, per_chunk.vectors, atol=1e-6)
+
+
+def test_resuming_inside_a_window_gives_the_uninterrupted_vectors_bit_for_bit(two_shapes, tmp_path,
+                                                                              monkeypatch):
+    """A run killed after writing some parts of a window re-batches the whole window on resume,
+    so its vectors are exactly those of a run never stopped."""
+    from copydistill.models.registry import load_descriptor
+
+    descriptor = load_descriptor("resnet18:dims=16,seed=0", resize="short:48")
+    monkeypatch.setattr(store, "CHUNK", 2)
+    monkeypatch.setattr(embed_module, "WINDOW_CHUNKS", 3)
+    straight = embed_records(descriptor, two_shapes, tmp_path / "a", progress=False)
+    out = tmp_path / "b"
+    write_part, writes = store.write_part, []
+
+    def killed_after_one_part(path, part):
+        writes.append(path.name)
+        if len(writes) == 2:
+            raise KeyboardInterrupt
+        write_part(path, part)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "write_part", killed_after_one_part)
+        with pytest.raises(KeyboardInterrupt):
+            embed_records(descriptor, two_shapes, out, progress=False)
+    assert [p.name for p in out.glob("part-*.npz")] == ["part-000000000.npz"]  # 1 of window 0's 3
+    sizes: list[int] = []
+    embed_batch = descriptor.embed_batch
+    descriptor.embed_batch = lambda pixels: (sizes.append(len(pixels)), embed_batch(pixels))[1]
+    resumed = embed_records(descriptor, two_shapes, out, progress=False)
+    assert sizes == [3] * 4  # window 0 re-batched whole, as the uninterrupted run batched it
+    assert resumed.ids == straight.ids
+    np.testing.assert_array_equal(resumed.vectors, straight.vectors)
+
+
+def test_decoding_runs_ahead_of_the_model(two_shapes, monkeypatch):
+    """The next window is being decoded while the current one is embedded."""
+    import threading
+
+    monkeypatch.setattr(store, "CHUNK", 2)
+    monkeypatch.setattr(embed_module, "WINDOW_CHUNKS", 1)
+    decoding_threads: set[str] = set()
+    decode = embed_module._decode
+
+    def recording_decode(descriptor, record):
+        decoding_threads.add(threading.current_thread().name)
+        return decode(descriptor, record)
+
+    monkeypatch.setattr(embed_module, "_decode", recording_decode)
+    decoded_at_embed: list[int] = []
+    calls = {"decoded": 0}
+    original_decode_window = embed_module.decode_window
+
+    def counting_decode_window(*args, **kwargs):
+        chunks = original_decode_window(*args, **kwargs)
+        calls["decoded"] += 1
+        return chunks
+
+    monkeypatch.setattr(embed_module, "decode_window", counting_decode_window)
+    phash = PHashDescriptor()
+    embed_pixels = phash.embed_pixels
+
+    def slow_embed(pixels):
+        import time
+
+        time.sleep(0.05)  # the model is busy: the prefetch thread decodes the next window meanwhile
+        decoded_at_embed.append(calls["decoded"])
+        return embed_pixels(pixels)
+
+    phash.embed_pixels = slow_embed
+    result = embed_records(phash, two_shapes, None, progress=False)
+    assert len(result) == 12
+    # while window k (1-based) is embedded, window k + 1 is already decoded (the last has none after it)
+    assert decoded_at_embed[:-1] == list(range(2, 7)) and decoded_at_embed[-1] == 6
+    assert threading.main_thread().name not in decoding_threads

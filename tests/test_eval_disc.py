@@ -72,3 +72,24 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert "nowhere" in err and "Traceback" not in err
     assert main(["eval", "disc", "--data", str(tmp_path), "--model", "nonsense",
                  "--out", str(tmp_path / "o")]) == 2
+
+
+def test_knn_matching_goes_to_faiss_gpus_when_present_and_range_search_stays_on_the_cpu(monkeypatch):
+    """``to_gpu`` (search/faiss_tools.py) is asked for every exact kNN index; the range search of
+    global matching never goes there (FAISS' GPU indexes have none)."""
+    import numpy as np
+
+    import copydistill.eval.matching as matching
+    from copydistill.io.embeddings import Embeddings
+
+    moved = []
+    monkeypatch.setattr(matching, "to_gpu", lambda index: (moved.append(index.d), index)[1])
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(6, 4)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    q = Embeddings([f"Q{i}" for i in range(3)], vecs[:3], None)
+    r = Embeddings([f"R{i}" for i in range(3)], vecs[3:], None)
+    assert len(matching.knn_predictions(q, r, k=2)) == 6 and moved == [4]
+    moved.clear()
+    matching.global_predictions(q, r, max_results=4)
+    assert moved == [5]  # the kNN estimate (bias column added), not the range search

@@ -144,3 +144,27 @@ def test_resnet18_gflops_at_224():
     torch.manual_seed(0)
     gflops = count_gflops(EmbeddingModel("resnet18", dims=512), 224)
     assert abs(gflops - 3.6) / 3.6 < 0.10, gflops
+
+
+def test_mobilenet_v3_large_seed_head_is_the_theses():
+    """method.md §2.3: the seed keeps torchvision's classifier, 960 -> 1280 -> 512 after GeM,
+    4.9 M parameters; our plain head is one Linear 960 -> 512 (3.5 M)."""
+    from torch import nn
+
+    seed = EmbeddingModel("mobilenet_v3_large_seed", dims=512)
+    plain = EmbeddingModel("mobilenet_v3_large", dims=512)
+    linears = [m for m in seed.fc if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(960, 1280), (1280, 512)]
+    assert isinstance(seed.fc[1], nn.Hardswish) and seed.fc[2].p == 0.2
+    params = sum(p.numel() for p in seed.parameters()) / 1e6
+    assert 4.8 < params < 5.0
+    assert 3.4 < sum(p.numel() for p in plain.parameters()) / 1e6 < 3.5
+    out = seed.eval()(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 512) and torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+def test_models_list_shows_the_seed_head_parameter_count():
+    from copydistill.models.summary import model_table
+
+    row = next(line for line in model_table(flops=False).splitlines() if line.startswith("mobilenet_v3_large_seed "))
+    assert row.split()[1] == "student" and 4.8 < float(row.split()[2]) < 5.0

@@ -1,7 +1,8 @@
 """Data-parallel embedding on Lightning: one cache folder filled by many processes (GPUs, nodes).
 
-The records are cut into the chunks of ``embed_records`` (``CHUNK`` images each); chunk i goes
-to global rank i % world size, which writes its ``part-*.npz`` file into the cache folder. So a
+The records are cut into the chunks of ``embed_records`` (``CHUNK`` images each), grouped in its
+windows (``WINDOW_CHUNKS`` chunks, batched together); window i goes to global rank
+i % world size, which writes its chunks' ``part-*.npz`` files into the cache folder. So a
 killed job resumes from the finished parts, whatever its new world size. When every rank is done,
 rank 0 reads the parts in chunk order and writes ``embeddings.npz`` and ``skipped.tsv`` with the
 very code ``embed_records`` uses: same ids, same order, same vectors (bit for bit on the same
@@ -29,7 +30,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader, Dataset
 
 from copydistill.errors import CopydistillError
-from copydistill.eval.embed import OnError, assemble_parts, embed_part
+from copydistill.eval.embed import OnError, assemble_parts, embed_window, window_starts
 from copydistill.io.embeddings import (
     Embeddings,
     cache_meta,
@@ -48,14 +49,21 @@ ACCELERATORS = ("cpu", "gpu", "auto")
 SHARD_WAIT = timedelta(hours=24)
 
 
+def rank_windows(count: int, rank: int, world_size: int) -> list[list[int]]:
+    """The windows (lists of chunk starts) of ``count`` records that ``rank`` embeds: every
+    ``world_size``-th window, from window ``rank`` on (disjoint, no padding)."""
+    return window_starts(count)[rank::world_size]
+
+
 def rank_chunks(count: int, rank: int, world_size: int) -> list[int]:
-    """The start offsets of the chunks of ``count`` records that ``rank`` embeds: every
-    ``world_size``-th chunk, from chunk ``rank`` on (disjoint, no padding)."""
-    return list(chunk_starts(count))[rank::world_size]
+    """The start offsets of the chunks ``rank`` embeds (those of its ``rank_windows``)."""
+    return [start for window in rank_windows(count, rank, world_size) for start in window]
 
 
 class _ChunkStarts(Dataset):
-    def __init__(self, starts: list[int]):
+    """This rank's windows, one item each (a list of chunk starts)."""
+
+    def __init__(self, starts: list[list[int]]):
         self.starts = starts
 
     def __len__(self) -> int:
@@ -98,21 +106,22 @@ class ChunkEmbedder(L.LightningModule):
         _raise_first_failure(failure)
 
     def predict_dataloader(self) -> DataLoader:
-        starts = rank_chunks(len(self.records), self.global_rank, self.trainer.world_size)
-        return DataLoader(_ChunkStarts(starts), batch_size=None, shuffle=False, num_workers=0)
+        windows = rank_windows(len(self.records), self.global_rank, self.trainer.world_size)
+        return DataLoader(_ChunkStarts(windows), batch_size=None, shuffle=False, num_workers=0)
 
     def on_predict_start(self) -> None:
         if isinstance(self.descriptor, TorchDescriptor):
             self.descriptor.device = self.device
         self._pool = ThreadPoolExecutor(max_workers=self.workers)
 
-    def predict_step(self, start: int, batch_idx: int) -> None:
+    def predict_step(self, window: list[int], batch_idx: int) -> None:
         if self.failure is not None:
             return
+        window = [int(start) for start in window]
         try:
-            embed_part(self.descriptor, self.records, int(start), self.out, self.on_error, self._pool)
+            embed_window(self.descriptor, self.records, window, self.out, self.on_error, self._pool)
         except Exception as err:  # noqa: BLE001 -- reported to every rank after the loop
-            self.failure = (f"embedding the chunk at image {int(start)}", err)
+            self.failure = (f"embedding the chunks from image {window[0]}", err)
 
     def on_predict_end(self) -> None:
         if self._pool is not None:
@@ -216,11 +225,11 @@ def embed_records_in_group(
             failure = ("preparing the cache folder", err)
     _raise_first_failure(failure)  # also the barrier: the folder is ready for every rank
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for start in rank_chunks(len(records), rank, world):
+        for window in rank_windows(len(records), rank, world):
             try:
-                embed_part(descriptor, records, start, out, on_error, pool)
+                embed_window(descriptor, records, window, out, on_error, pool)
             except Exception as err:  # noqa: BLE001 -- reported to every rank after the loop
-                failure = (f"embedding the chunk at image {start}", err)
+                failure = (f"embedding the chunks from image {window[0]}", err)
                 break
     _raise_first_failure(failure)
     result = None

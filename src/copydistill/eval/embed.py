@@ -1,7 +1,8 @@
 """Embedding folders and splits: batched, with a progress bar, resumable, stored with ids.
 
-A run writes its chunks into an embeddings store folder (``copydistill.io.embeddings``) as it
-goes; an interrupted run picks up after the last finished chunk, provided the model fingerprint
+Decoding and resizing overlap with the model (a prefetch thread decodes the next window of
+chunks while one is embedded), and same-shape images of a window share batches. A run writes
+its chunks into an embeddings store folder (``copydistill.io.embeddings``) as it goes; an interrupted run picks up after the last finished chunk, provided the model fingerprint
 and the image list are the same. ``embed_part`` and ``assemble_parts`` are shared with the
 data-parallel path (``distributed_embed``), so both write and read the same folder.
 """
@@ -12,6 +13,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +32,19 @@ from copydistill.models.descriptor import Descriptor
 OnError = Literal["skip", "fail"]
 
 
+# chunks decoded and embedded together: same-shape images across them share batches (under
+# short:288 only images of one aspect ratio have one shape, so a 64-image chunk alone gives
+# batches of ~2 on varied photos; 8 chunks give fuller ones), while part files stay per chunk
+WINDOW_CHUNKS = 8
+
+
+def window_starts(count: int) -> list[list[int]]:
+    """The chunk starts of ``count`` records, grouped into windows of ``WINDOW_CHUNKS`` chunks:
+    the unit of batching (and of distribution over ranks, ``distributed_embed``)."""
+    starts = list(store.chunk_starts(count))
+    return [starts[i : i + WINDOW_CHUNKS] for i in range(0, len(starts), WINDOW_CHUNKS)]
+
+
 def _decode(
     descriptor: Descriptor, record: ImageRecord
 ) -> tuple[np.ndarray | None, ImageError | None]:
@@ -41,46 +56,82 @@ def _decode(
         return None, err
 
 
-def embed_part(
-    descriptor: Descriptor,
-    records: list[ImageRecord],
-    start: int,
-    out: Path | None,
-    on_error: OnError,
-    pool: ThreadPoolExecutor,
-    advance: Callable[[int], object] | None = None,
-) -> Part:
-    """The chunk of ``records`` starting at ``start``: read from its part file in ``out`` when a
-    previous run wrote it, else embedded (decoding on ``pool``) and written there atomically.
-    ``advance(n)`` is called as images are done (per decoded image), for a progress bar."""
-    advance = advance or (lambda n: None)
-    path = store.part_path(out, start) if out is not None else None
-    chunk = records[start : start + store.CHUNK]
-    if path is not None and path.exists():
-        advance(len(chunk))
-        return store.load_part(path)
+@dataclass
+class DecodedChunk:
+    """One chunk of records: decoded (pixels or the error, per record; empty when not needed)
+    and ``part``, the part file a previous run already wrote, if any."""
+
+    start: int
+    records: list[ImageRecord]
+    decoded: list[tuple[np.ndarray | None, ImageError | None]]
+    part: Part | None = None
+
+
+def decode_window(descriptor: Descriptor, records: list[ImageRecord], window: list[int], out: Path | None,
+                  pool: ThreadPoolExecutor, advance: Callable[[int], object]) -> list[DecodedChunk]:
+    """The chunks of one window. All read back when every part file exists; else every chunk is
+    decoded (on ``pool``), even those with a part, so the window's batches are the ones an
+    uninterrupted run makes (resumed vectors stay bit for bit those of a run never stopped)."""
+    chunks = [records[start : start + store.CHUNK] for start in window]
+    paths = [store.part_path(out, start) if out is not None else None for start in window]
+    parts = [store.load_part(p) if p is not None and p.exists() else None for p in paths]
+    if all(part is not None for part in parts):
+        advance(sum(len(c) for c in chunks))
+        return [DecodedChunk(s, c, [], part) for s, c, part in zip(window, chunks, parts, strict=True)]
     decoded = []
-    for item in pool.map(lambda r: _decode(descriptor, r), chunk):
-        decoded.append(item)
-        advance(1)
-    keep = []
-    skipped = []
-    for record, (pixels, error) in zip(chunk, decoded, strict=True):
-        if error is None:
-            keep.append((record, pixels))
-        elif on_error == "fail":
-            raise error
-        else:
-            skipped.append((str(record.path), f"{error.kind}: {error.reason}"))
-    vecs = (
-        descriptor.embed_pixels([p for _, p in keep])
-        if keep
-        else np.zeros((0, descriptor.dims), np.float32)
-    )
-    part = Part(Embeddings([r.id for r, _ in keep], vecs, [str(r.path) for r, _ in keep]), skipped)
-    if path is not None:
-        store.write_part(path, part)
-    return part
+    for start, chunk, part in zip(window, chunks, parts, strict=True):
+        items = []
+        for item in pool.map(lambda r: _decode(descriptor, r), chunk):
+            items.append(item)
+            advance(1)
+        decoded.append(DecodedChunk(start, chunk, items, part))
+    return decoded
+
+
+def embed_chunks(descriptor: Descriptor, chunks: list[DecodedChunk], out: Path | None,
+                 on_error: OnError) -> list[Part]:
+    """Embed a window's decoded chunks together (equal shapes share batches across chunks:
+    ``embed_pixels``), write the part files that do not exist yet (atomically); returns the
+    parts in chunk order. In eval mode a vector is its image's alone whatever its batchmates,
+    up to float rounding (~1e-7) of the batch size. ``on_error="fail"``: the chunks before the
+    failing one are embedded and written first, then the image's error is raised."""
+    pending, keeps, skips = [], [], []
+    for i, chunk in enumerate(chunks):
+        if not chunk.decoded:
+            continue
+        keep, skipped = [], []
+        for record, (pixels, error) in zip(chunk.records, chunk.decoded, strict=True):
+            if error is None:
+                keep.append((record, pixels))
+            elif on_error == "fail":
+                embed_chunks(descriptor, chunks[:i], out, on_error)  # keep the chunks before it
+                raise error
+            else:
+                skipped.append((str(record.path), f"{error.kind}: {error.reason}"))
+        pending.append(chunk)
+        keeps.append(keep)
+        skips.append(skipped)
+    pixels = [p for keep in keeps for _, p in keep]
+    vectors = descriptor.embed_pixels(pixels) if pixels else np.zeros((0, descriptor.dims), np.float32)
+    made, offset = {}, 0
+    for chunk, keep, skipped in zip(pending, keeps, skips, strict=True):
+        vecs = vectors[offset : offset + len(keep)]
+        offset += len(keep)
+        if chunk.part is None:
+            part = Part(Embeddings([r.id for r, _ in keep], vecs, [str(r.path) for r, _ in keep]), skipped)
+            if out is not None:
+                store.write_part(store.part_path(out, chunk.start), part)
+            made[chunk.start] = part
+    return [chunk.part if chunk.part is not None else made[chunk.start] for chunk in chunks]
+
+
+def embed_window(descriptor: Descriptor, records: list[ImageRecord], window: list[int], out: Path | None,
+                 on_error: OnError, pool: ThreadPoolExecutor,
+                 advance: Callable[[int], object] | None = None) -> list[Part]:
+    """One window of chunks (``window_starts``): read back, or decoded on ``pool``, embedded and
+    written as part files into ``out``. ``advance(n)`` is called per decoded image."""
+    chunks = decode_window(descriptor, records, window, out, pool, advance or (lambda n: None))
+    return embed_chunks(descriptor, chunks, out, on_error)
 
 
 def assemble_parts(parts: list[Part], dims: int, out: Path | None) -> Embeddings:
@@ -125,12 +176,30 @@ def embed_records(
 
 
 def _embed_into(descriptor, records, out, on_error, desc, progress, workers) -> Embeddings:
-    """The chunks of ``embed_records``, embedded (or read back) and assembled."""
+    """The windows of ``embed_records``, embedded (or read back) and assembled.
+
+    While the model embeds one window, a prefetch thread decodes and resizes the next (on the
+    ``workers`` decoding threads), so the model does not wait for the decoder (PIL's decoders
+    and torch both release the GIL)."""
+    windows = window_starts(len(records))
     parts: list[Part] = []
     with (tqdm(total=len(records), desc=desc, unit="img", disable=not progress, leave=False) as bar,
-          ThreadPoolExecutor(max_workers=workers) as pool):  # the bar is cleared even on an error
-        for start in store.chunk_starts(len(records)):
-            parts.append(embed_part(descriptor, records, start, out, on_error, pool, bar.update))
+          ThreadPoolExecutor(max_workers=workers) as pool,
+          ThreadPoolExecutor(max_workers=1) as prefetch):  # the bar is cleared even on an error
+
+        def decode(window: list[int]) -> list[DecodedChunk]:
+            return decode_window(descriptor, records, window, out, pool, bar.update)
+
+        ahead = prefetch.submit(decode, windows[0]) if windows else None
+        for i in range(len(windows)):
+            chunks = ahead.result()
+            ahead = prefetch.submit(decode, windows[i + 1]) if i + 1 < len(windows) else None
+            try:
+                parts += embed_chunks(descriptor, chunks, out, on_error)
+            except BaseException:
+                if ahead is not None:
+                    ahead.cancel()
+                raise
     return assemble_parts(parts, descriptor.dims, out)
 
 

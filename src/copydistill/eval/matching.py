@@ -6,6 +6,8 @@
 * Score normalisation subtracts a per-query bias computed against the train/background set only:
   SSCD's β·mean(top-3 similarities) or ISC's factor·(n-th neighbour similarity).
 * ``PCAWhitening``: FAISS ``PCAW{d},L2norm,Flat`` codecs trained on the train split.
+
+Exact searches run on FAISS' GPUs when present (design.md "Evaluation"), else on the CPU.
 """
 
 from __future__ import annotations
@@ -19,10 +21,17 @@ import numpy as np
 from copydistill.errors import CopydistillError
 from copydistill.io.embeddings import Embeddings
 from copydistill.eval.metrics import Prediction
+from copydistill.search.faiss_tools import to_gpu
 
 
-def _flat_ip(vectors: np.ndarray) -> faiss.Index:
+GPU_MAX_K = 2048  # the largest k FAISS' GPU flat search takes
+
+
+def _flat_ip(vectors: np.ndarray, gpu: bool = True) -> faiss.Index:
+    """Exact inner-product index; with ``gpu``, on every GPU when FAISS has GPUs (``faiss-gpu``),
+    else the CPU (FAISS' GPU indexes have no range search)."""
     index = faiss.IndexFlatIP(vectors.shape[1])
+    index = to_gpu(index) if gpu else index
     index.add(np.ascontiguousarray(vectors, dtype=np.float32))
     return index
 
@@ -42,7 +51,8 @@ def knn_search(
     k = min(k, len(database))
     if k == 0 or len(queries) == 0:
         return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-    return _flat_ip(database).search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    index = _flat_ip(database, gpu=k <= GPU_MAX_K)
+    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
 
 def knn_predictions(
@@ -82,7 +92,7 @@ def global_predictions(
     sims, _ = knn_search(q, r, k0)
     candidates = np.sort(sims.reshape(-1))[::-1]
     threshold = float(candidates[min(max_results, len(candidates)) - 1])
-    index = _flat_ip(r)
+    index = _flat_ip(r, gpu=False)
     lims, dists, labels = index.range_search(q, threshold - 1e-6 * max(1.0, abs(threshold)))
     rows = np.repeat(np.arange(nq), np.diff(lims.astype(np.int64)))
     order = np.lexsort((labels, rows, -dists))[:max_results]

@@ -126,6 +126,7 @@ TRUNKS: dict[str, Callable[[], Trunk]] = {
     "resnet50": lambda: _torchvision_resnet("resnet50"),
     "efficientnet_b0": lambda: _torchvision_features("efficientnet_b0"),
     "mobilenet_v3_large": lambda: _torchvision_features("mobilenet_v3_large"),
+    "mobilenet_v3_large_seed": lambda: _torchvision_features("mobilenet_v3_large"),
     "regnet_y_800mf": lambda: _torchvision_regnet("regnet_y_800mf"),
     "mobilevit_s": lambda: _timm("mobilevit_s"),
     "mobilenetv4_conv_small": lambda: _timm("mobilenetv4_conv_small"),
@@ -135,6 +136,7 @@ STUDENTS = (
     "resnet18",
     "efficientnet_b0",
     "mobilenet_v3_large",
+    "mobilenet_v3_large_seed",
     "regnet_y_800mf",
     "mobilevit_s",
     "mobilenetv4_conv_small",
@@ -143,6 +145,19 @@ STUDENTS = (
 
 
 HEAD_NORMS = ("none", "batchnorm")
+# architectures whose head is the seed's kept torchvision classifier (method.md §2.3):
+# GeM -> Linear(width -> hidden) -> Hardswish -> Dropout(0.2) -> Linear(hidden -> dims)
+HIDDEN_HEADS = {"mobilenet_v3_large_seed": 1280}
+
+
+def seed_head(width: int, hidden: int, out: int) -> nn.Sequential:
+    """The seed's MobileNetV3-L head (§2.3: 960 -> 1280 -> 512, 4.9 M parameters with the trunk),
+    initialised as torchvision initialises that classifier (normal(0, 0.01), zero bias)."""
+    head = nn.Sequential(nn.Linear(width, hidden), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(hidden, out))
+    for layer in (head[0], head[3]):
+        nn.init.normal_(layer.weight, 0, 0.01)
+        nn.init.zeros_(layer.bias)
+    return head
 
 
 def build_trunk(name: str) -> Trunk:
@@ -158,6 +173,9 @@ def build_trunk(name: str) -> Trunk:
 
 class EmbeddingModel(nn.Module):
     """trunk -> GeM(p) -> Linear(width -> dims) -> L2 (method.md §1.1). Input: normalised NCHW.
+
+    ``mobilenet_v3_large_seed`` has the seed's head instead of the one Linear (``HIDDEN_HEADS``,
+    §2.3): Linear(960 -> 1280), Hardswish, Dropout(0.2), Linear(1280 -> dims).
 
     Compact mode (§3.1, ``kd_dim`` set): the linear layer gives a ``kd_dim`` feature (the
     distillation target) and a projector maps it to the ``dims``-d descriptor.
@@ -177,9 +195,13 @@ class EmbeddingModel(nn.Module):
         self.kd_dim = kd_dim
         self.trunk = trunk.module
         self.pool = GeM(gem_p)
-        self.fc = nn.Linear(trunk.width, kd_dim or dims)
-        nn.init.xavier_uniform_(self.fc.weight)
-        nn.init.zeros_(self.fc.bias)
+        self.width = trunk.width
+        if arch in HIDDEN_HEADS:
+            self.fc = seed_head(trunk.width, HIDDEN_HEADS[arch], kd_dim or dims)
+        else:
+            self.fc = nn.Linear(trunk.width, kd_dim or dims)
+            nn.init.xavier_uniform_(self.fc.weight)
+            nn.init.zeros_(self.fc.bias)
         if head_norm not in HEAD_NORMS:
             raise ModelSpecError(f"head_norm {head_norm!r}; use one of {', '.join(HEAD_NORMS)}")
         self.head_norm = head_norm

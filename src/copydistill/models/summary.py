@@ -22,7 +22,7 @@ def model_table(flops: bool = True, dims: int = 512) -> str:
     for name in TRUNKS:
         model = EmbeddingModel(name, dims=dims)
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        width = model.fc.in_features
+        width = model.width
         gflops = f"{count_gflops(model):.2f}" if flops else "–"
         role = "student" if name in STUDENTS else "teacher"
         lines.append(f"{name:<24} {role:<8} {params:>10.2f} {width:>6} {gflops:>11}")
