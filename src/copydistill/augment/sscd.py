@@ -138,7 +138,10 @@ class SSCDAugment:
         if self.setting == "ADVANCED":
             augly_compat.install()
 
-    def __call__(self, img: Image.Image, rng: random.Random) -> torch.Tensor:
+    def pre_crop(self, img: Image.Image, rng: random.Random) -> Image.Image:
+        """ADVANCED's steps before the crop, at the original resolution (§1.3 rows 1-5: flip,
+        rotations, AugLy text and emoji overlays); the identity for the other settings. The GPU
+        path (``augment/gpu.py``) runs these on the CPU workers and the rest batched."""
         img = img.convert("RGB")
         if self.setting == "ADVANCED":
             if rng.random() < 0.5:
@@ -151,6 +154,11 @@ class SSCDAugment:
                 img = _overlay_emoji(img, rng)
             if rng.random() < 0.05:
                 img = img.rotate(rng.randint(0, 359), resample=Image.BILINEAR)
+        return img
+
+    def __call__(self, img: Image.Image, rng: random.Random) -> torch.Tensor:
+        img = self.pre_crop(img, rng)
+        if self.setting == "ADVANCED":
             img = _random_resized_crop(img, self.size, rng, scale=(self.crop_scale_min, 1.0))
         else:
             img = _random_resized_crop(img, self.size, rng, scale=(self.crop_scale_min, 1.0))
