@@ -133,3 +133,66 @@ def test_crop_resize_at_scale_one_is_the_crop_and_decode_jpegs_matches_pil():
     for data, tensor in zip(files, decoded, strict=True):
         pil = torch.from_numpy(np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1)
         assert tensor.shape == pil.shape and (tensor.int() - pil.int()).abs().max() <= 2
+
+
+# --------------------------------------------------------------------------------------------
+# augment_device: gpu in a real (CPU) training run
+# --------------------------------------------------------------------------------------------
+
+TINY = ["arch=mobilenetv4_conv_small", "dims=32", "image_size=32", "batch_size=4", "workers=0",
+        "sync_bn=false", "accelerator=cpu", "devices=1", "precision=32-true", "log_every_n_steps=1",
+        "warmup_epochs=1", "epochs=1", "max_steps=2", "export=[]", "seed=0", "augment_device=gpu"]
+
+
+@pytest.fixture(scope="module")
+def train_images(tmp_path_factory):
+    from copydistill.data.procedural import procedural_image
+
+    folder = tmp_path_factory.mktemp("gpu_views_images")
+    for i in range(10):
+        procedural_image(i, long_side=(64, 96)).save(folder / f"{i:03d}.jpg", quality=90)
+    Image.new("RGBA", (70, 50), (10, 200, 30, 255)).save(folder / "010.png")  # not a JPEG: decoded by PIL
+    return folder
+
+
+def test_sources_are_jpeg_bytes_or_pre_cropped_images(train_images):
+    from copydistill.augment.sscd import SSCDAugment
+    from copydistill.train.gpu_views import DeviceViews, TwoViewSources, collate_sources
+
+    blur = TwoViewSources(train_images, SSCDAugment("STRONG_BLUR", 32), seed=0)
+    items = [blur[(0, i)] for i in range(len(blur))]
+    assert sum("jpeg" in i for i in items) == 10 and sum("sources" in i for i in items) == 1
+    advanced = TwoViewSources(train_images, SSCDAugment("ADVANCED", 32), seed=0)
+    assert "sources" in advanced[(0, 0)] and advanced[(0, 0)]["sources"][0].dtype == torch.uint8
+    views = DeviceViews(GPUAugment("STRONG_BLUR", 32), seed=0)
+    batch = collate_sources(items[-4:])
+    out = views(dict(batch), torch.device("cpu"), epoch=0, step=0, rank=0)
+    again = views(dict(batch), torch.device("cpu"), epoch=0, step=0, rank=0)
+    later = views(dict(batch), torch.device("cpu"), epoch=0, step=1, rank=0)
+    assert out["views"].shape == (4, 2, 3, 32, 32) and torch.equal(out["views"], again["views"])
+    assert not torch.equal(out["views"], later["views"])
+    assert not torch.equal(out["views"][:, 0], out["views"][:, 1])  # two different views per image
+
+
+@pytest.mark.parametrize("setting", ["STRONG_BLUR", "ADVANCED"])
+def test_training_with_augment_device_gpu_is_reproducible(train_images, tmp_path, setting):
+    from copydistill.config import load_config
+    from copydistill.train.run import train
+
+    torch.set_num_threads(1)
+    runs = []
+    for name in ("a", "b"):
+        out = train(load_config(None, [f"train_images={train_images}", f"out_dir={tmp_path / name}",
+                                       f"augmentations={setting}", *TINY]), progress=False)
+        runs.append(torch.load(out / "final" / "student.pt")["state_dict"])
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_augment_device_gpu_refuses_cached_views():
+    from copydistill.config import load_config
+    from copydistill.errors import CopydistillError
+
+    with pytest.raises(CopydistillError, match="cached_views"):
+        load_config(None, ["augment_device=gpu", "cached_views=2"])
+    with pytest.raises(CopydistillError, match="augment_device"):
+        load_config(None, ["augment_device=tpu"])

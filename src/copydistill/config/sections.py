@@ -199,6 +199,9 @@ class OptimiserConfig:
         _check_range(self, "warmup_epochs", 0)
 
 
+AUGMENT_DEVICES = ("cpu", "gpu")
+
+
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
     """Training views (§1.2, §1.3), their loader and cache, and the validation set."""
@@ -214,6 +217,7 @@ class DataConfig:
     workers: int = 4
     cached_views: int = 0  # >0: precompute this many views per image (and their teacher keys)
     cache_dir: str | None = None
+    augment_device: str = "cpu"  # gpu: views made batched on the training device (augment/gpu.py)
 
     def __post_init__(self) -> None:
         from copydistill.augment.sscd import SETTINGS
@@ -228,6 +232,11 @@ class DataConfig:
         _check_range(self, "image_size", 16, 8192)
         _check_range(self, "workers", 0)
         _check_range(self, "cached_views", 0)
+        if self.augment_device not in AUGMENT_DEVICES:
+            raise CopydistillError(f"augment_device={self.augment_device!r}; use {' or '.join(AUGMENT_DEVICES)}")
+        if self.augment_device == "gpu" and self.cached_views:
+            raise CopydistillError("augment_device=gpu makes fresh views every step; it cannot use "
+                                   "cached_views (set cached_views=0, or augment_device=cpu)")
         try:
             ResizePolicy.parse(self.val_resize)
         except CopydistillError as err:

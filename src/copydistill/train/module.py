@@ -59,6 +59,21 @@ class DescriptorModule(L.LightningModule):
         self.student = EmbeddingModel(s.arch, dims=s.dims, kd_dim=s.kd_dim, gem_p=s.gem_p, head_norm=s.head_norm)
         self.inputs = StudentInput(s.input_size, channels_last=s.channels_last)
         self.objective = build_objective(config, self.student)
+        self.device_views = None  # augment_device: gpu -> views made from sources on the device
+        if config.data.augment_device == "gpu":
+            from copydistill.augment.gpu import GPUAugment
+            from copydistill.train.gpu_views import DeviceViews
+
+            d = config.data
+            self.device_views = DeviceViews(GPUAugment(d.augmentations, d.image_size, d.crop_scale_min),
+                                            config.trainer.seed)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """``augment_device: gpu``: the batch's views, made on the training device."""
+        if self.device_views is not None and "sources" in batch:
+            batch = self.device_views(batch, self.device, epoch=self.current_epoch, step=self.global_step,
+                                      rank=self.global_rank)
+        return batch
 
     @property
     def student_sees_both_views(self) -> bool:

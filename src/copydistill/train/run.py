@@ -28,6 +28,7 @@ from copydistill.train.data import (
     image_teacher_keys,
 )
 from copydistill.train.distillation import DistillationModule
+from copydistill.train.gpu_views import TwoViewSources, collate_sources
 from copydistill.train.module import DescriptorModule
 from copydistill.train.outputs import resume_point
 from copydistill.train.teacher import teacher_keys_for
@@ -62,8 +63,9 @@ class ViewsData(L.LightningDataModule):
         sampler = EpochSampler(len(self.dataset), self.config.trainer.seed, rank, world)
         data = self.config.data
         workers = 0 if data.cached_views else data.workers  # a cache is in memory
+        gpu_views = data.augment_device == "gpu"
         self.loader = DataLoader(self.dataset, batch_size=batch, sampler=sampler, num_workers=workers,
-                                 collate_fn=collate, drop_last=True, persistent_workers=False,
+                                 collate_fn=collate_sources if gpu_views else collate, drop_last=True, persistent_workers=False,
                                  pin_memory=torch.cuda.is_available())
         self._apply_resume()
         return self.loader
@@ -193,6 +195,8 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
     if data.cached_views:
         dataset = build_view_cache(data.train_images, augment, data.cached_views, view_teacher,
                                    cache_dir, trainer.seed, progress=progress)
+    elif data.augment_device == "gpu":  # the views are made on the training device (train/gpu_views.py)
+        dataset = TwoViewSources(data.train_images, augment, trainer.seed)
     else:
         dataset = TwoViewImages(data.train_images, augment, trainer.seed)
     if kd and kd.target == "clean":
@@ -217,6 +221,8 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
     trainer = build_trainer(config, callbacks, progress)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", dump_config(config))  # only now that training starts
-    trainer.fit(module, datamodule=ViewsData(dataset, config), ckpt_path=ckpt, weights_only=True)
+    with warnings.catch_warnings():  # the module's on_after_batch_transfer (augment_device: gpu) is meant
+        warnings.filterwarnings("ignore", ".*overridden `on_after_batch_transfer`.*")
+        trainer.fit(module, datamodule=ViewsData(dataset, config), ckpt_path=ckpt, weights_only=True)
     return out
 
