@@ -150,14 +150,24 @@ HEAD_NORMS = ("none", "batchnorm")
 HIDDEN_HEADS = {"mobilenet_v3_large_seed": 1280}
 
 
-def seed_head(width: int, hidden: int, out: int) -> nn.Sequential:
-    """The seed's MobileNetV3-L head (§2.3: 960 -> 1280 -> 512, 4.9 M parameters with the trunk),
-    initialised as torchvision initialises that classifier (normal(0, 0.01), zero bias)."""
-    head = nn.Sequential(nn.Linear(width, hidden), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(hidden, out))
-    for layer in (head[0], head[3]):
-        nn.init.normal_(layer.weight, 0, 0.01)
-        nn.init.zeros_(layer.bias)
-    return head
+class SeedHead(nn.Sequential):
+    """The seed's MobileNetV3-L head (§2.3: 960 -> 1280 -> 512, 4.9 M parameters with the trunk):
+    Linear, Hardswish, Dropout(0.2), Linear, initialised as torchvision initialises that
+    classifier (normal(0, 0.01), zero bias). ``in_features``/``out_features`` as a Linear's."""
+
+    def __init__(self, width: int, hidden: int, out: int):
+        super().__init__(nn.Linear(width, hidden), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(hidden, out))
+        for layer in (self[0], self[3]):
+            nn.init.normal_(layer.weight, 0, 0.01)
+            nn.init.zeros_(layer.bias)
+
+    @property
+    def in_features(self) -> int:
+        return self[0].in_features
+
+    @property
+    def out_features(self) -> int:
+        return self[3].out_features
 
 
 def build_trunk(name: str) -> Trunk:
@@ -197,7 +207,7 @@ class EmbeddingModel(nn.Module):
         self.pool = GeM(gem_p)
         self.width = trunk.width
         if arch in HIDDEN_HEADS:
-            self.fc = seed_head(trunk.width, HIDDEN_HEADS[arch], kd_dim or dims)
+            self.fc = SeedHead(trunk.width, HIDDEN_HEADS[arch], kd_dim or dims)
         else:
             self.fc = nn.Linear(trunk.width, kd_dim or dims)
             nn.init.xavier_uniform_(self.fc.weight)
