@@ -130,7 +130,9 @@ class GPUAugment:
         x = torch.where(params.jitter.to(device)[:, None, None, None],
                         colour_jitter(x, params.factors.to(device), params.order.to(device)), x)
         x = torch.where(params.grey.to(device)[:, None, None, None], grey(x).expand_as(x), x)
-        x = torch.where(params.blur.to(device)[:, None, None, None], gaussian_blur(x, params.sigma.to(device)), x)
+        if params.blur.any():  # the kernel's size from the CPU copy: no device sync
+            blurred = gaussian_blur(x, params.sigma.to(device), max_sigma=float(params.sigma[params.blur].max()))
+            x = torch.where(params.blur.to(device)[:, None, None, None], blurred, x)
         if params.jpeg.any():
             rows = params.jpeg.nonzero()[:, 0].to(device)
             x = x.index_copy(0, rows, jpeg(x[rows], params.quality.to(device)[rows]))
@@ -182,12 +184,13 @@ def colour_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -
     return x
 
 
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, max_sigma: float | None = None) -> torch.Tensor:
     """Per-view Gaussian blur of standard deviation ``sigma`` (PIL's ``GaussianBlur(radius)`` is
-    a Gaussian of that standard deviation), kernel 2·ceil(3σ_max)+1, reflected borders."""
+    a Gaussian of that standard deviation), kernel 2·ceil(3σ_max)+1, reflected borders.
+    ``max_sigma`` (σ_max, known on the host) spares reading ``sigma`` back from the device."""
     from kornia.filters import gaussian_blur2d
 
-    radius = int(math.ceil(3 * float(sigma.max())))
+    radius = int(math.ceil(3 * (float(sigma.max()) if max_sigma is None else max_sigma)))
     kernel = 2 * radius + 1
     kernel = min(kernel, 2 * ((min(x.shape[-2:]) - 1) // 2) + 1)  # reflection needs pad < side
     return gaussian_blur2d(x, (kernel, kernel), torch.stack([sigma, sigma], dim=1).to(x.dtype))

@@ -33,7 +33,7 @@ class TwoViewSources(TwoViewImages):
         if self.augment.setting != "ADVANCED":
             data = _jpeg_bytes(self.paths[index])
             if data is not None:
-                return {"jpeg": torch.frombuffer(bytearray(data), dtype=torch.uint8), "index": index}
+                return {"jpeg": data, "index": index}  # bytes, not a tensor: never copied to the device
         image = self.load(index)
         sources = [pil_to_tensor(self.augment.pre_crop(image, view_rng(self.seed, epoch, index, c)))
                    for c in range(2)]
@@ -52,7 +52,8 @@ def _jpeg_bytes(path) -> bytes | None:
 
 
 def collate_sources(items: list[dict]) -> dict:
-    """Sources stay a list (sizes differ); ``index`` and ``teacher`` are stacked."""
+    """Sources stay a list (sizes differ; JPEG bytes stay bytes, which Lightning does not move to
+    the device); ``index`` and ``teacher`` are stacked."""
     out = {"sources": [i.get("jpeg", i.get("sources")) for i in items],
            "index": torch.tensor([i["index"] for i in items])}
     if "teacher" in items[0]:
@@ -60,10 +61,9 @@ def collate_sources(items: list[dict]) -> dict:
     return out
 
 
-def _decode_on(device: torch.device, files: list[torch.Tensor]) -> list[torch.Tensor]:
+def _decode_on(device: torch.device, raw: list[bytes]) -> list[torch.Tensor]:
     """Batched decode on ``device``; a file that fails alone is decoded on the CPU, and one that
     cannot be decoded at all is replaced by the batch's first good image (with a warning)."""
-    raw = [bytes(f.cpu().numpy()) for f in files]
     try:
         return decode_jpegs(raw, device)
     except RuntimeError:
@@ -94,7 +94,7 @@ class DeviceViews:
 
     def __call__(self, batch: dict, device: torch.device, *, epoch: int, step: int, rank: int) -> dict:
         sources = batch.pop("sources")
-        jpeg_rows = [i for i, s in enumerate(sources) if isinstance(s, torch.Tensor)]
+        jpeg_rows = [i for i, s in enumerate(sources) if isinstance(s, bytes)]
         images: list = [None] * len(sources)
         if jpeg_rows:
             for i, image in zip(jpeg_rows, _decode_on(device, [sources[i] for i in jpeg_rows]), strict=True):
