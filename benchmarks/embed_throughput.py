@@ -5,12 +5,14 @@ Rows (images/s; every ratio is against "model only, batch 1"):
 * ``model only, batch 1`` — ``embed_batch`` on each image's prepared (decoded, resized) pixels,
   one at a time: what the network costs, with no decoding and no batching;
 * ``model only, window batches`` — ``embed_pixels`` on the prepared pixels of each window of
-  ``WINDOW_CHUNKS`` chunks (same-shape images share batches, as ``embed_records`` batches them);
+  ``WINDOW_CHUNKS`` (8) chunks, the accelerator setting (same-shape images share batches);
 * ``decode + resize only`` — the decoding threads alone (``--workers``);
 * ``end to end, chunk by chunk`` — the previous path: decode a chunk of ``CHUNK`` images, then
   embed it (batches only within the chunk), no overlap;
 * ``end to end (embed_records)`` — ``embed_records`` from the files into a fresh store folder:
-  windows decoded ahead by a prefetch thread while the model embeds the previous window.
+  windows (of ``window_chunks(descriptor)`` chunks: 8 on an accelerator, 1 on a CPU) decoded
+  ahead by a prefetch thread while the model embeds the previous window; and again with 8-chunk
+  windows forced.
 
 The mean batch size of each batched row is printed beside it. Images: ``--images`` (default:
 the photo cache that ``copydistill data photos`` fills, else procedural scenes written to a
@@ -72,7 +74,7 @@ def main(argv=None) -> int:
     import torch
 
     from copydistill.eval import embed as embed_module
-    from copydistill.eval.embed import _decode, embed_records, window_starts
+    from copydistill.eval.embed import _decode, embed_records, window_chunks, window_starts
     from copydistill.io import embeddings as store
     from copydistill.models.registry import load_descriptor
 
@@ -100,7 +102,7 @@ def main(argv=None) -> int:
         sizes: list[int] = []
         embed_batch = descriptor.embed_batch
         descriptor.embed_batch = lambda x: (sizes.append(len(x)), embed_batch(x))[1]
-        windows = window_starts(len(records))
+        windows = window_starts(len(records), embed_module.WINDOW_CHUNKS)
         kept = [p if err is None else None for p, err in decoded]
         start = time.perf_counter()
         for window in windows:
@@ -119,12 +121,18 @@ def main(argv=None) -> int:
         chunked_s = time.perf_counter() - start
         rows.append(("end to end, chunk by chunk", _rate(n, chunked_s), float(np.mean(sizes))))
 
-        sizes.clear()
-        start = time.perf_counter()
-        embed_records(descriptor, records, Path(tmp) / "store", progress=False, workers=args.workers)
-        e2e_s = time.perf_counter() - start
-        rows.append((f"end to end (embed_records, windows of {embed_module.WINDOW_CHUNKS} chunks)",
-                     _rate(n, e2e_s), float(np.mean(sizes))))
+        per_window = window_chunks(descriptor)
+        for label, cpu_window in ((f"windows of {per_window} chunk(s)", embed_module.CPU_WINDOW_CHUNKS),
+                                  (f"{embed_module.WINDOW_CHUNKS}-chunk windows forced", embed_module.WINDOW_CHUNKS)):
+            if cpu_window == embed_module.CPU_WINDOW_CHUNKS or per_window != embed_module.WINDOW_CHUNKS:
+                sizes.clear()
+                saved, embed_module.CPU_WINDOW_CHUNKS = embed_module.CPU_WINDOW_CHUNKS, cpu_window
+                start = time.perf_counter()
+                embed_records(descriptor, records, Path(tmp) / f"store-{cpu_window}", progress=False,
+                              workers=args.workers)
+                e2e_s = time.perf_counter() - start
+                embed_module.CPU_WINDOW_CHUNKS = saved
+                rows.append((f"end to end (embed_records, {label})", _rate(n, e2e_s), float(np.mean(sizes))))
         descriptor.embed_batch = embed_batch
 
     base = rows[0][1]

@@ -303,8 +303,6 @@ def slow(self, pixels):  # pHash made slow enough (1 s per 64-image part) for th
     time.sleep(1.0)
     return embed_pixels(self, pixels)
 PHashDescriptor.embed_pixels = slow
-from copydistill.eval import embed
-embed.WINDOW_CHUNKS = 1  # a part file per embedded chunk (windows' resume: tests/test_embed.py)
 from copydistill.cli import main
 sys.exit(main(sys.argv[1:]))
 """

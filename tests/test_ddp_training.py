@@ -54,7 +54,7 @@ def _worker(rank: int, port: int, images: str, bench: str, out: str, results: st
     import copydistill.train.run as run
     from copydistill.config import load_config
 
-    store.CHUNK, embed.WINDOW_CHUNKS = SMALL_CHUNK, 1
+    store.CHUNK, embed.CPU_WINDOW_CHUNKS = SMALL_CHUNK, 1
     embedded: list[int] = []
     original_window = distributed_embed.embed_window
 

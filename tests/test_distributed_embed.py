@@ -34,7 +34,7 @@ import sys
 from copydistill.eval import embed
 from copydistill.io import embeddings
 embeddings.CHUNK = int(sys.argv[1])
-embed.WINDOW_CHUNKS = {WINDOW}
+embed.CPU_WINDOW_CHUNKS = {WINDOW}
 from copydistill.cli import main
 sys.exit(main(sys.argv[2:]))
 """
@@ -61,7 +61,7 @@ def small_chunks(monkeypatch):
     import copydistill.eval.embed as embed
 
     monkeypatch.setattr(store, "CHUNK", CHUNK)
-    monkeypatch.setattr(embed, "WINDOW_CHUNKS", WINDOW)  # 11 images: windows [0, 4] and [8]
+    monkeypatch.setattr(embed, "CPU_WINDOW_CHUNKS", WINDOW)  # 11 images: windows [0, 4] and [8]
 
 
 @pytest.fixture

@@ -145,7 +145,7 @@ def seven_images(tmp_path):
 
 def test_resume_after_interrupt(seven_images, tmp_path, monkeypatch):
     monkeypatch.setattr(store, "CHUNK", 2)
-    monkeypatch.setattr(embed_module, "WINDOW_CHUNKS", 1)  # chunk by chunk: resume granularity
+    monkeypatch.setattr(embed_module, "CPU_WINDOW_CHUNKS", 1)  # chunk by chunk: resume granularity
     records = seven_images
     out = tmp_path / "run"
     reference = embed_records(PHashDescriptor(), records, None, progress=False)
@@ -191,7 +191,7 @@ def test_resume_after_interrupt(seven_images, tmp_path, monkeypatch):
 
 def test_interrupted_parts_of_another_model_are_not_reused(seven_images, tmp_path, monkeypatch):
     monkeypatch.setattr(store, "CHUNK", 2)
-    monkeypatch.setattr(embed_module, "WINDOW_CHUNKS", 1)  # chunk by chunk: resume granularity
+    monkeypatch.setattr(embed_module, "CPU_WINDOW_CHUNKS", 1)  # chunk by chunk: resume granularity
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         embed_records(CountingPHash(interrupt_on=3), seven_images, out, progress=False)
@@ -293,7 +293,7 @@ def test_interrupted_parts_of_another_image_list_are_not_reused(
     seven_images, tmp_path, monkeypatch
 ):
     monkeypatch.setattr(store, "CHUNK", 2)
-    monkeypatch.setattr(embed_module, "WINDOW_CHUNKS", 1)  # chunk by chunk: resume granularity
+    monkeypatch.setattr(embed_module, "CPU_WINDOW_CHUNKS", 1)  # chunk by chunk: resume granularity
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         embed_records(CountingPHash(interrupt_on=3), seven_images, out, progress=False)
@@ -334,11 +334,11 @@ def test_windows_fill_batches_across_chunks_with_the_same_vectors(two_shapes, tm
     embed_batch = descriptor.embed_batch
     descriptor.embed_batch = lambda pixels: (sizes.append(pixels.shape), embed_batch(pixels))[1]
     monkeypatch.setattr(store, "CHUNK", 2)
-    monkeypatch.setattr(embed_module, "WINDOW_CHUNKS", 1)
+    monkeypatch.setattr(embed_module, "CPU_WINDOW_CHUNKS", 1)
     per_chunk = embed_records(descriptor, two_shapes, tmp_path / "a", progress=False)
     assert [s[0] for s in sizes] == [1] * 12
     sizes.clear()
-    monkeypatch.setattr(embed_module, "WINDOW_CHUNKS", 3)
+    monkeypatch.setattr(embed_module, "CPU_WINDOW_CHUNKS", 3)
     windowed = embed_records(descriptor, two_shapes, tmp_path / "b", progress=False)
     assert [s[0] for s in sizes] == [3] * 4
     assert windowed.ids == per_chunk.ids == [r.id for r in two_shapes]
@@ -353,7 +353,7 @@ def test_resuming_inside_a_window_gives_the_uninterrupted_vectors_bit_for_bit(tw
 
     descriptor = load_descriptor("resnet18:dims=16,seed=0", resize="short:48")
     monkeypatch.setattr(store, "CHUNK", 2)
-    monkeypatch.setattr(embed_module, "WINDOW_CHUNKS", 3)
+    monkeypatch.setattr(embed_module, "CPU_WINDOW_CHUNKS", 3)
     straight = embed_records(descriptor, two_shapes, tmp_path / "a", progress=False)
     out = tmp_path / "b"
     write_part, writes = store.write_part, []
@@ -383,7 +383,7 @@ def test_decoding_runs_ahead_of_the_model(two_shapes, monkeypatch):
     import threading
 
     monkeypatch.setattr(store, "CHUNK", 2)
-    monkeypatch.setattr(embed_module, "WINDOW_CHUNKS", 1)
+    monkeypatch.setattr(embed_module, "CPU_WINDOW_CHUNKS", 1)
     decoding_threads: set[str] = set()
     decode = embed_module._decode
 
@@ -418,3 +418,14 @@ def test_decoding_runs_ahead_of_the_model(two_shapes, monkeypatch):
     # while window k (1-based) is embedded, window k + 1 is already decoded (the last has none after it)
     assert decoded_at_embed[:-1] == list(range(2, 7)) and decoded_at_embed[-1] == 6
     assert threading.main_thread().name not in decoding_threads
+
+
+def test_windows_are_8_chunks_on_an_accelerator_and_1_on_a_cpu():
+    import torch
+
+    from copydistill.models.registry import load_descriptor
+
+    cpu = load_descriptor("resnet18:dims=16,seed=0", resize="square:32")
+    assert embed_module.window_chunks(cpu) == 1 and embed_module.window_chunks(PHashDescriptor()) == 1
+    assert embed_module.window_chunks(cpu, torch.device("cuda", 0)) == 8  # no GPU needed: the device's kind
+    assert embed_module.window_starts(20 * store.CHUNK, 8)[1] == [s * store.CHUNK for s in range(8, 16)]

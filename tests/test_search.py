@@ -134,10 +134,7 @@ class InterruptingPHash(PHashDescriptor):
 
 
 def test_interrupted_build_resumes(refs, phash_index, tmp_path, monkeypatch):
-    import copydistill.eval.embed as embed
-
     monkeypatch.setattr(store, "CHUNK", 8)
-    monkeypatch.setattr(embed, "WINDOW_CHUNKS", 1)  # chunk by chunk (windows: tests/test_embed.py)
     out = tmp_path / "index"
     with pytest.raises(KeyboardInterrupt):
         build_index(refs, InterruptingPHash(interrupt_on=2), out, spec="phash", progress=False)

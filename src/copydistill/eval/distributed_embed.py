@@ -30,7 +30,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader, Dataset
 
 from copydistill.errors import CopydistillError
-from copydistill.eval.embed import OnError, assemble_parts, embed_window, window_starts
+from copydistill.eval.embed import OnError, assemble_parts, embed_window, window_chunks, window_starts
 from copydistill.io.embeddings import (
     Embeddings,
     cache_meta,
@@ -49,15 +49,16 @@ ACCELERATORS = ("cpu", "gpu", "auto")
 SHARD_WAIT = timedelta(hours=24)
 
 
-def rank_windows(count: int, rank: int, world_size: int) -> list[list[int]]:
-    """The windows (lists of chunk starts) of ``count`` records that ``rank`` embeds: every
-    ``world_size``-th window, from window ``rank`` on (disjoint, no padding)."""
-    return window_starts(count)[rank::world_size]
+def rank_windows(count: int, rank: int, world_size: int, per_window: int | None = None) -> list[list[int]]:
+    """The windows (lists of ``per_window`` chunk starts, ``window_starts``) of ``count`` records
+    that ``rank`` embeds: every ``world_size``-th window, from window ``rank`` on (disjoint, no
+    padding)."""
+    return window_starts(count, per_window)[rank::world_size]
 
 
-def rank_chunks(count: int, rank: int, world_size: int) -> list[int]:
+def rank_chunks(count: int, rank: int, world_size: int, per_window: int | None = None) -> list[int]:
     """The start offsets of the chunks ``rank`` embeds (those of its ``rank_windows``)."""
-    return [start for window in rank_windows(count, rank, world_size) for start in window]
+    return [start for window in rank_windows(count, rank, world_size, per_window) for start in window]
 
 
 class _ChunkStarts(Dataset):
@@ -106,7 +107,8 @@ class ChunkEmbedder(L.LightningModule):
         _raise_first_failure(failure)
 
     def predict_dataloader(self) -> DataLoader:
-        windows = rank_windows(len(self.records), self.global_rank, self.trainer.world_size)
+        per_window = window_chunks(self.descriptor, self.device if self.network is not None else None)
+        windows = rank_windows(len(self.records), self.global_rank, self.trainer.world_size, per_window)
         return DataLoader(_ChunkStarts(windows), batch_size=None, shuffle=False, num_workers=0)
 
     def on_predict_start(self) -> None:
@@ -225,7 +227,7 @@ def embed_records_in_group(
             failure = ("preparing the cache folder", err)
     _raise_first_failure(failure)  # also the barrier: the folder is ready for every rank
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for window in rank_windows(len(records), rank, world):
+        for window in rank_windows(len(records), rank, world, window_chunks(descriptor)):
             try:
                 embed_window(descriptor, records, window, out, on_error, pool)
             except Exception as err:  # noqa: BLE001 -- reported to every rank after the loop

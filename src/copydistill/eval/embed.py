@@ -1,7 +1,8 @@
 """Embedding folders and splits: batched, with a progress bar, resumable, stored with ids.
 
 Decoding and resizing overlap with the model (a prefetch thread decodes the next window of
-chunks while one is embedded), and same-shape images of a window share batches. A run writes
+chunks while one is embedded), and on an accelerator same-shape images of a window of 8 chunks
+share batches. A run writes
 its chunks into an embeddings store folder (``copydistill.io.embeddings``) as it goes; an interrupted run picks up after the last finished chunk, provided the model fingerprint
 and the image list are the same. ``embed_part`` and ``assemble_parts`` are shared with the
 data-parallel path (``distributed_embed``), so both write and read the same folder.
@@ -32,17 +33,29 @@ from copydistill.models.descriptor import Descriptor
 OnError = Literal["skip", "fail"]
 
 
-# chunks decoded and embedded together: same-shape images across them share batches (under
-# short:288 only images of one aspect ratio have one shape, so a 64-image chunk alone gives
-# batches of ~2 on varied photos; 8 chunks give fuller ones), while part files stay per chunk
+# chunks decoded and embedded together on an accelerator: same-shape images across them share
+# batches (under short:288 only images of one aspect ratio have one shape, so a 64-image chunk
+# alone gives batches of ~2-3 on varied photos, which leaves a GPU launch-bound), while part
+# files stay per chunk. On a CPU, bigger batches do not pay (MobileNetV3 measured 0.74-0.81x
+# batch 1 at mean batch 2.9, benchmarks/embed_throughput.py), so a window is one chunk there.
 WINDOW_CHUNKS = 8
+CPU_WINDOW_CHUNKS = 1
 
 
-def window_starts(count: int) -> list[list[int]]:
-    """The chunk starts of ``count`` records, grouped into windows of ``WINDOW_CHUNKS`` chunks:
-    the unit of batching (and of distribution over ranks, ``distributed_embed``)."""
+def window_chunks(descriptor: Descriptor, device=None) -> int:
+    """Chunks per window for ``descriptor`` running on ``device`` (default: its own ``device``,
+    if it has one): ``WINDOW_CHUNKS`` on an accelerator, ``CPU_WINDOW_CHUNKS`` on a CPU."""
+    device = device if device is not None else getattr(descriptor, "device", None)
+    kind = getattr(device, "type", device)
+    return WINDOW_CHUNKS if kind not in (None, "cpu") else CPU_WINDOW_CHUNKS
+
+
+def window_starts(count: int, per_window: int | None = None) -> list[list[int]]:
+    """The chunk starts of ``count`` records, grouped into windows of ``per_window`` chunks
+    (default ``CPU_WINDOW_CHUNKS``): the unit of batching, and of distribution over ranks."""
+    per_window = per_window or CPU_WINDOW_CHUNKS
     starts = list(store.chunk_starts(count))
-    return [starts[i : i + WINDOW_CHUNKS] for i in range(0, len(starts), WINDOW_CHUNKS)]
+    return [starts[i : i + per_window] for i in range(0, len(starts), per_window)]
 
 
 def _decode(
@@ -181,7 +194,7 @@ def _embed_into(descriptor, records, out, on_error, desc, progress, workers) -> 
     While the model embeds one window, a prefetch thread decodes and resizes the next (on the
     ``workers`` decoding threads), so the model does not wait for the decoder (PIL's decoders
     and torch both release the GIL)."""
-    windows = window_starts(len(records))
+    windows = window_starts(len(records), window_chunks(descriptor))
     parts: list[Part] = []
     with (tqdm(total=len(records), desc=desc, unit="img", disable=not progress, leave=False) as bar,
           ThreadPoolExecutor(max_workers=workers) as pool,
