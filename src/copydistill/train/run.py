@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from copydistill.augment.sscd import SSCDAugment
 from copydistill.config import TrainConfig, dump_config
@@ -25,7 +25,6 @@ from copydistill.train.data import (
     TwoViewImages,
     WithImageKeys,
     build_view_cache,
-    collate,
     image_teacher_keys,
 )
 from copydistill.train.distillation import DistillationModule
@@ -61,7 +60,7 @@ class ViewsData(L.LightningDataModule):
         data = self.config.data
         workers = 0 if data.cached_views else data.workers  # a cache is in memory
         self.loader = DataLoader(self.dataset, batch_size=batch, sampler=sampler, num_workers=workers,
-                                 collate_fn=collate, drop_last=True, persistent_workers=False,
+                                 collate_fn=default_collate, drop_last=True, persistent_workers=False,
                                  pin_memory=torch.cuda.is_available())
         self._apply_resume()
         return self.loader
