@@ -2,7 +2,8 @@
 stored in the index's own folder, then indexed by the ordinary ``add_to_index``.
 
 Each image is written atomically into ``INDEX/uploads/`` under a name made of its (sanitised)
-file name and the first 12 hex digits of its SHA-256, so the same bytes sent twice are one file.
+file name and the first 12 hex digits of its SHA-256; the same bytes sent twice, under any name,
+are one file.
 Storing comes first and indexing second: if the process is killed between the two, or during
 the add, the files are on disk and the next add of the folder (``add_stored``, which the service
 runs at start-up) indexes them; the previous generation of the index stays valid throughout.
@@ -53,7 +54,11 @@ def store_uploads(root: str | Path, uploads: list[Upload]) -> list[Path]:
     paths = []
     for upload in uploads:
         path = folder / stored_name(upload)
-        if not path.is_file():
+        digest = path.stem.rsplit("-", 1)[1]
+        same = sorted(p for p in folder.glob(f"*-{digest}.*") if p.is_file() and p.read_bytes() == upload.data)
+        if same:  # these bytes are stored already (under another name): one reference
+            path = same[0]
+        else:
             atomic_write_bytes(path, upload.data)
         paths.append(path.resolve())
     return paths
