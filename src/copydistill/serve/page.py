@@ -82,7 +82,7 @@ async function search(file) {
 function files(list) { for (const f of list) search(f); }
 window.addEventListener('load', () => {
   const drop = $('drop');
-  drop.addEventListener('click', () => $('file').click());
+  drop.addEventListener('click', (e) => { if (e.target !== $('file')) $('file').click(); });
   drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over'); });
   drop.addEventListener('dragleave', () => drop.classList.remove('over'));
   drop.addEventListener('drop', (e) => { e.preventDefault(); drop.classList.remove('over'); files(e.dataTransfer.files); });
