@@ -17,7 +17,7 @@ from copydistill.api import open_index
 from copydistill.data.disc import read_ground_truth
 from copydistill.search.index import build_index
 from copydistill.search.store import load_index
-from copydistill.search.uploads import UPLOADS_DIR
+from copydistill.search.uploads import UPLOADS_DIR, Upload
 from copydistill.serve.app import create_app
 from copydistill.serve.limits import Limits
 from copydistill.serve.service import MatchingService
@@ -221,3 +221,27 @@ def test_heic_and_avif_uploads_match_their_source(server, bench):
         assert q["matches"][0]["score"] > 0.9
     assert json.dumps(found.json())  # plain JSON
     assert np.isfinite([m["score"] for q in found.json()["queries"] for m in q["matches"]]).all()
+
+
+def test_background_normalises_service_scores(index_dir, bench):
+    from copydistill.search.normalise import load_background
+
+    index = open_index(index_dir)
+    background = load_background(bench / "images" / "train", index.model.descriptor, progress=False)
+    plain = MatchingService(open_index(index_dir))
+    normalised = MatchingService(index, background=background)
+    query = bench / "images" / "dev_queries" / "Q00003.jpg"
+    upload = [Upload(query.name, query.read_bytes())]
+    raw = plain.search(upload, k=3)["queries"][0]["matches"]
+    with running_app(create_app(normalised, KEY)) as url:
+        body = httpx.post(f"{url}/v1/search", files=files((query.name, query.read_bytes())),
+                          data={"k": "3"}, timeout=30).json()
+        assert "background images" in httpx.get(f"{url}/v1/index").json()["normalisation"]
+    assert "background images" in body["normalisation"]
+    got = body["queries"][0]["matches"]
+    correction = float(background.correction(index.model.embed(query))[0])
+    assert [m["reference"] for m in got] == [m["reference"] for m in raw]
+    for before, after in zip(raw, got, strict=True):
+        assert after["raw_score"] == pytest.approx(before["score"], abs=1e-6)
+        assert after["score"] == pytest.approx(before["score"] - correction, abs=1e-5)
+        assert after["above_threshold"] == (after["score"] >= 0.75)
