@@ -205,8 +205,6 @@ def test_thumbnails_only_by_row_and_only_from_the_index_folders(server, index_di
 
 
 def test_heic_and_avif_uploads_match_their_source(server, bench):
-    import pillow_heif  # noqa: F401  (registered by copydistill.io.images)
-
     url, _ = server
     source = Image.open(bench / "images" / "references" / "R000004.jpg").convert("RGB")
     heic, avif = io.BytesIO(), io.BytesIO()
