@@ -106,6 +106,10 @@ def fetch(target: Path) -> bool:
     root.mkdir(parents=True)
     say("downloading Debian's chromium and chromium-driver (about 120 MB) ...")
     missing = download(PACKAGES, root)
+    if missing and os.geteuid() == 0:  # a new machine has no package lists yet
+        say("apt-get update (a new machine has no package lists) ...")
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True, timeout=600)
+        missing = download(missing, root)
     if missing:
         say(f"apt-get could not download {', '.join(missing)} (run apt-get update?); the browser "
             "tests will skip")

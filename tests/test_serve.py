@@ -243,3 +243,21 @@ def test_background_normalises_service_scores(index_dir, bench):
         assert after["raw_score"] == pytest.approx(before["score"], abs=1e-6)
         assert after["score"] == pytest.approx(before["score"] - correction, abs=1e-5)
         assert after["above_threshold"] == (after["score"] >= 0.75)
+
+
+class SlowService(MatchingService):
+    def search(self, uploads, k=10, threshold=None):
+        import time
+
+        time.sleep(1.5)
+        return super().search(uploads, k, threshold)
+
+
+def test_request_time_limit_answers_503_json(index_dir, bench):
+    service = SlowService(open_index(index_dir), Limits(request_seconds=0.3))
+    query = (bench / "images" / "dev_queries" / "Q00000.jpg").read_bytes()
+    with running_app(create_app(service, KEY)) as url:
+        response = httpx.post(f"{url}/v1/search", files=files(("q.jpg", query)), timeout=30)
+        assert response.status_code == 503
+        assert response.json() == {"error": "the request took longer than 0.3 s"}
+        assert httpx.get(f"{url}/healthz").status_code == 200  # the server goes on
