@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM := false
 
 PHOTOS ?= $(HOME)/.cache/copydistill/photos/photos.jsonl
 
-.PHONY: setup test test-all quickstart cpu-student photos clean
+.PHONY: setup test test-all quickstart cpu-student photos browser clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PY_SYS) -m venv $(VENV)
@@ -27,7 +27,12 @@ $(PHOTOS): | $(VENV)/.installed
 
 photos: $(PHOTOS)
 
-setup: $(VENV)/.installed $(PHOTOS)
+# headless Chromium + chromedriver for the page tests (Debian's, unpacked into
+# ~/.cache/copydistill/chromium without root); never fails: without it those tests skip
+browser:
+	-$(PY_SYS) scripts/fetch_chromium.py
+
+setup: $(VENV)/.installed $(PHOTOS) browser
 
 test: setup
 	$(PY) -m pytest -q -m "not slow"

@@ -891,3 +891,19 @@ def test_head_norm_batchnorm_centres_a_fresh_student_and_round_trips(tmp_path):
     with torch.no_grad():
         expected = module.student(module.inputs(torch.from_numpy(pixels).permute(0, 3, 1, 2))).numpy()
     assert np.allclose(loaded.embed_batch(pixels), expected, atol=1e-5)
+
+
+def test_init_student_starts_from_a_student_this_project_trained(trained, images, tmp_path):
+    from copydistill.train.module import DescriptorModule
+
+    source = trained / "final" / "student.pt"
+    config = _config(images, tmp_path / "run", f"init_student={source}")
+    module = DescriptorModule(config)
+    saved = torch.load(source, weights_only=True)["state_dict"]
+    assert all(torch.equal(module.student.state_dict()[k], v) for k, v in saved.items())
+    fresh = DescriptorModule(_config(images, tmp_path / "run2"))
+    assert not torch.equal(fresh.student.fc.weight, saved["fc.weight"])
+    with pytest.raises(CopydistillError, match="no such file"):
+        DescriptorModule(_config(images, tmp_path / "run3", f"init_student={tmp_path / 'missing.pt'}"))
+    with pytest.raises(CopydistillError, match="the recipe trains"):
+        DescriptorModule(_config(images, tmp_path / "run4", f"init_student={source}", "dims=16"))

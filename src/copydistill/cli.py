@@ -11,7 +11,7 @@ from dataclasses import dataclass
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from copydistill import argtypes  # noqa: E402
-from copydistill.commands import core, search  # noqa: E402
+from copydistill.commands import core, search, serve  # noqa: E402
 from copydistill.errors import CopydistillError  # noqa: E402
 
 
@@ -60,6 +60,8 @@ COMMANDS = (
     Command(("dedup",), "groups of copies inside one folder (transitive)", search.dedup_args, search.cmd_dedup),
     Command(("calibrate",), "measure a model's 90 %% / 99 %% precision thresholds",
             search.calibrate_args, search.cmd_calibrate),
+    Command(("serve",), "a matching service over an index: HTTP API and a web page",
+            serve.serve_args, serve.cmd_serve),
     Command(("quickstart",), "the one-command demo on the embedded benchmark",
             core.quickstart_args, core.cmd_quickstart),
 )

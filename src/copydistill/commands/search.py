@@ -28,6 +28,25 @@ from copydistill.commands.options import (
 from copydistill.errors import CopydistillError, ModelSpecError
 
 THRESHOLD_METAVAR = "auto|auto99|X"
+BACKGROUND_HELP = ("normalise scores against the images under DIR (unrelated to the queries): minus "
+                   "each image's mean top-3 background similarity, centred so the calibrated "
+                   "threshold keeps its meaning; breaks chains through shared frames/templates")
+
+
+def background_option(p) -> None:
+    p.add_argument("--background", type=Path, default=None, metavar="DIR", help=BACKGROUND_HELP)
+
+
+def _background(args, descriptor):
+    """The embedded ``--background`` set, or None."""
+    if args.background is None:
+        return None
+    from copydistill.search.normalise import load_background
+
+    background = load_background(args.background, descriptor, on_error=args.on_error,
+                                 progress=not args.quiet)
+    note(background.describe())
+    return background
 
 
 def _index_model(args, ref_index):
@@ -116,6 +135,7 @@ def index_search_args(p) -> None:
                    help="keep matches scoring >= X; auto = the calibrated 90 %% precision "
                         "threshold (fallback 0.75 with a warning), auto99 = 99 %%")
     p.add_argument("--nprobe", type=argtypes.positive, default=None, help="IVF lists visited per query")
+    background_option(p)
     model_options(p, required=False, help=SAME_MODEL_HELP)
     output_options(p, "also write an HTML gallery: each query beside its matches")
     on_error_option(p)
@@ -135,8 +155,10 @@ def cmd_index_search(args) -> None:
     threshold = resolve_threshold(args.threshold, ref_index.info.spec, ref_index.info.fingerprint)
     if threshold.warning:
         warn(threshold.warning)
+    background = _background(args, descriptor)
     result = search_index(ref_index, descriptor, args.queries, k=args.k, threshold=threshold.value,
-                          nprobe=args.nprobe, on_error=args.on_error, progress=not args.quiet)
+                          nprobe=args.nprobe, on_error=args.on_error, progress=not args.quiet,
+                          background=background)
     skipped_note(result.skipped, "query ")
     fmt = output_format(args)
     if threshold.value is not None and fmt != "table":
@@ -189,6 +211,7 @@ def dedup_args(p) -> None:
                         "else 0.75 with a warning)")
     p.add_argument("--cache", type=Path, default=None, metavar="DIR",
                    help="keep the embeddings here so an interrupted or repeated run resumes")
+    background_option(p)
     output_options(p, "also write an HTML gallery: each group's first image beside its copies")
     on_error_option(p)
 
@@ -206,8 +229,9 @@ def cmd_dedup(args) -> None:
     threshold = resolve_threshold(args.threshold, normalise_spec(args.model), descriptor.fingerprint())
     if threshold.warning:
         warn(threshold.warning)
+    background = _background(args, descriptor)
     result = find_copies(args.folder, descriptor, threshold.value, cache=args.cache,
-                         on_error=args.on_error, progress=not args.quiet)
+                         on_error=args.on_error, progress=not args.quiet, background=background)
     skipped_note(result.skipped, "")
     emit(format_dedup(result, output_format(args), threshold), args.out)
     if args.html:

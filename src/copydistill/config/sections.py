@@ -56,6 +56,7 @@ class StudentConfig:
     head_norm: str = "none"  # none: SSCD's head (§1.1) | batchnorm: BatchNorm1d before L2
     input_size: int | None = None  # the student sees views resized to this (None: data.image_size)
     channels_last: bool = True  # on GPU only: on this CPU (fp32) it measured 0.92-0.98x
+    init: str | None = None  # start from a student this project trained (student.pt or .ckpt)
 
     def __post_init__(self) -> None:
         from copydistill.models.backbones import HEAD_NORMS, TRUNKS
@@ -323,7 +324,7 @@ RENAMED = {
     "kd_prepend_current": "distillation.prepend_current", "kd_views": "distillation.views",
     "kd_regression_weight": "distillation.regression_weight",
     "kd_relation_weight": "distillation.relation_weight", "kd_predictor": "distillation.predictor",
-    "kd_target": "distillation.target", "optimizer": "optimiser.name",
+    "kd_target": "distillation.target", "optimizer": "optimiser.name", "init_student": "student.init",
 }
 
 

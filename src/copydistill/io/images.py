@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from copydistill.errors import (
     DataLayoutError,
@@ -24,9 +24,18 @@ from copydistill.errors import (
     UnreadableFolderError,
 )
 
+try:  # iPhone photos: HEIC/HEIF through pillow-heif (AVIF is Pillow's own from 11.3 on)
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    HEIF_EXTENSIONS = frozenset({".heic", ".heif"})
+except ImportError:  # pragma: no cover - a dependency; without it HEIC files are not listed
+    HEIF_EXTENSIONS = frozenset()
+
+AVIF_EXTENSIONS = frozenset({".avif"}) if features.check("avif") else frozenset()
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-)
+) | HEIF_EXTENSIONS | AVIF_EXTENSIONS
 DEFAULT_MAX_PIXELS = 178_956_970  # the same default as Pillow's hard limit (2 x MAX_IMAGE_PIXELS)
 # ``load_image(max_pixels=...)`` is the one limit that applies; Pillow's global cap would otherwise
 # refuse images above 2 x its own limit whatever the caller asked for.
@@ -90,6 +99,20 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     if size == 0:
         handle.close()
         raise EmptyImageFileError(path, "the file has 0 bytes; re-copy or delete it")
+    return _decode(handle, path, max_pixels)
+
+
+def load_image_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """``load_image`` for bytes in memory (an upload); ``name`` names it in errors."""
+    import io
+
+    if not data:
+        raise EmptyImageFileError(Path(name), "the upload has 0 bytes")
+    return _decode(io.BytesIO(data), Path(name), max_pixels)
+
+
+def _decode(handle, path: Path, max_pixels: int) -> Image.Image:
+    """Decode an open binary file (closed after) into RGB, refusing more than ``max_pixels``."""
     try:
         with warnings.catch_warnings(), handle:
             # our own max_pixels decides below; Pillow still refuses > 2x its limit outright

@@ -19,7 +19,7 @@ import torch
 from copydistill.errors import ModelSpecError
 from copydistill.models.backbones import TRUNKS, EmbeddingModel, PixelModel
 from copydistill.models.descriptor import Descriptor, ResizePolicy, file_sha256
-from copydistill.models.gem import PixelInput
+from copydistill.models.gem import GEM_P, PixelInput
 from copydistill.models.onnx_descriptor import OnnxDescriptor
 from copydistill.models.teachers import FrozenTeacher, load_dino_vitb16, load_sscd_torchvision
 from copydistill.models.torch_descriptor import TorchDescriptor
@@ -260,30 +260,54 @@ def _load_ckpt(request: SpecRequest) -> Descriptor:
     return load_checkpoint(request.path, request.spec, request.resize, request.device)
 
 
-def load_checkpoint(path: Path, spec: str, resize: ResizePolicy | None, device: str) -> TorchDescriptor:
-    """A student this project trained: ``student.pt`` (from ``train``) or a Lightning ``.ckpt``."""
-    from copydistill.models.teachers import load_checked, load_weights
+@dataclass(frozen=True)
+class StudentFile:
+    """What a student file this project wrote holds: its architecture, weights and resize."""
+
+    arch: str
+    dims: int
+    kd_dim: int | None
+    gem_p: float
+    head_norm: str
+    state: dict
+    resize: str | None
+
+    def build(self, path: Path) -> EmbeddingModel:
+        """The student with these weights (errors name ``path``)."""
+        from copydistill.models.teachers import load_checked
+
+        try:
+            model = EmbeddingModel(self.arch, dims=self.dims, kd_dim=self.kd_dim, gem_p=self.gem_p,
+                                   head_norm=self.head_norm)
+        except ModelSpecError as err:
+            raise ModelSpecError(f"{path}: {err}") from err
+        load_checked(model, self.state, path, f"the student {self.arch} ({self.dims}-d)")
+        return model
+
+
+def read_student(path: Path) -> StudentFile:
+    """``student.pt`` (from ``train``) or a Lightning ``.ckpt`` of a copydistill training."""
+    from copydistill.models.teachers import load_weights
 
     data = load_weights(path)
     if "state_dict" in data and "arch" in data:  # student.pt
-        arch, dims, kd_dim, gem_p = data["arch"], data["dims"], data.get("kd_dim"), data.get("gem_p", 3.0)
-        head_norm = data.get("head_norm", "none")
-        state, stored_resize = data["state_dict"], data.get("resize")
+        meta, state, resize = data, data["state_dict"], data.get("resize")
     elif "hyper_parameters" in data and "config" in data["hyper_parameters"]:  # Lightning checkpoint
-        config = data["hyper_parameters"]["config"]
-        arch, dims, kd_dim, gem_p = config["arch"], config["dims"], config.get("kd_dim"), config.get("gem_p", 3.0)
-        head_norm = config.get("head_norm", "none")
+        meta = data["hyper_parameters"]["config"]
         state = {k.removeprefix("student."): v for k, v in data["state_dict"].items() if k.startswith("student.")}
-        stored_resize = config.get("val_resize")
+        resize = meta.get("val_resize")
     else:
         raise ModelSpecError(f"{path}: not a copydistill student (student.pt) or training checkpoint (.ckpt)")
-    try:
-        model = EmbeddingModel(arch, dims=dims, kd_dim=kd_dim, gem_p=gem_p, head_norm=head_norm)
-    except ModelSpecError as err:
-        raise ModelSpecError(f"{path}: {err}") from err
-    load_checked(model, state, path, f"the student {arch} ({dims}-d)")
-    policy = resize or (ResizePolicy.parse(stored_resize) if stored_resize else DEFAULT_RESIZE)
-    return TorchDescriptor(PixelModel(model), spec, dims, policy, identity=file_sha256(path), device=device)
+    return StudentFile(meta["arch"], meta["dims"], meta.get("kd_dim"), meta.get("gem_p", GEM_P),
+                       meta.get("head_norm", "none"), state, resize)
+
+
+def load_checkpoint(path: Path, spec: str, resize: ResizePolicy | None, device: str) -> TorchDescriptor:
+    """A student this project trained: ``student.pt`` (from ``train``) or a Lightning ``.ckpt``."""
+    student = read_student(path)
+    model = student.build(path)
+    policy = resize or (ResizePolicy.parse(student.resize) if student.resize else DEFAULT_RESIZE)
+    return TorchDescriptor(PixelModel(model), spec, student.dims, policy, identity=file_sha256(path), device=device)
 
 
 def _parse_options(text: str) -> dict[str, str]:

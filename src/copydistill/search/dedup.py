@@ -21,19 +21,29 @@ from copydistill.errors import CopydistillError
 from copydistill.eval.embed import OnError, embed_with_skip_list
 from copydistill.io.records import folder_records, keyed_by_path, no_images_error
 from copydistill.models.descriptor import Descriptor, file_sha256
+from copydistill.search.normalise import Background
 
 RANGE_BATCH = 4096  # query rows per range search (bounds the result memory)
 
 
-def similar_pairs(vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All pairs i < j with vectors[i]·vectors[j] >= threshold: (i, j, score), exact."""
+def similar_pairs(vectors: np.ndarray, threshold: float, correction: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs i < j with score >= threshold: (i, j, score), exact. The score is
+    vectors[i]·vectors[j], minus (correction[i] + correction[j]) / 2 when ``correction`` (each
+    image's background correction, ``search.normalise``) is given."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n = len(vectors)
     if n < 2:
         empty = np.zeros(0, np.int64)
         return empty, empty, np.zeros(0, np.float32)
+    database = vectors
+    if correction is not None:  # fold it in: [v_i, -c_i/2, 1]·[v_j, 1, -c_j/2] = s_ij - (c_i+c_j)/2
+        half = (np.asarray(correction, np.float32) / 2)[:, None]
+        ones = np.ones_like(half)
+        vectors = np.ascontiguousarray(np.hstack([vectors, -half, ones]))
+        database = np.ascontiguousarray(np.hstack([database, ones, -half]))
     index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors)
+    index.add(database)
     # FAISS keeps inner products strictly above the radius; step just below the threshold
     radius = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
     rows_i, rows_j, scores = [], [], []
@@ -87,6 +97,7 @@ class DedupResult:
     threshold: float
     skipped: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    normalisation: str = ""  # how scores were normalised ("" for raw cosines)
 
     @property
     def duplicates(self) -> int:
@@ -94,9 +105,12 @@ class DedupResult:
         return sum(g.size - 1 for g in self.groups)
 
 
-def group_copies(paths: list[str], vectors: np.ndarray, threshold: float) -> list[Group]:
-    """Transitive groups of copies among ``paths`` (rows of ``vectors``), biggest first."""
-    left, right, scores = similar_pairs(vectors, threshold)
+def group_copies(paths: list[str], vectors: np.ndarray, threshold: float,
+                 correction: np.ndarray | None = None) -> list[Group]:
+    """Transitive groups of copies among ``paths`` (rows of ``vectors``), biggest first; scores
+    normalised with ``correction`` (see ``similar_pairs``) when given."""
+    left, right, scores = similar_pairs(vectors, threshold, correction)
+    shift = np.zeros(len(paths)) if correction is None else np.asarray(correction, np.float64) / 2
     best = np.full(len(paths), -np.inf)
     np.maximum.at(best, left, scores)
     np.maximum.at(best, right, scores)
@@ -115,7 +129,8 @@ def group_copies(paths: list[str], vectors: np.ndarray, threshold: float) -> lis
         out = []
         for m in members:
             digest = file_sha256(paths[m])
-            out.append(Member(paths[m], float(best[m]), float(vectors[m] @ first), hashes.get(digest)))
+            to_first = float(vectors[m] @ first - shift[m] - shift[members[0]])
+            out.append(Member(paths[m], float(best[m]), to_first, hashes.get(digest)))
             hashes.setdefault(digest, paths[m])
         pairs = sorted(((paths[a], paths[b], float(s)) for a, b, s in links.get(g, [])),
                        key=lambda p: -p[2])
@@ -131,8 +146,10 @@ def find_copies(
     cache: str | Path | None = None,
     on_error: OnError = "skip",
     progress: bool = True,
+    background: Background | None = None,
 ) -> DedupResult:
-    """Embed every image under ``folder`` (recursive; with ``cache``, resumably) and group copies.
+    """Embed every image under ``folder`` (recursive; with ``cache``, resumably) and group copies;
+    with ``background``, pair scores are normalised against it (``search.normalise``).
 
     The folder is only read; nothing is written into it.
     """
@@ -148,6 +165,8 @@ def find_copies(
         raise no_images_error(folder)
     embeddings, skipped = embed_with_skip_list(descriptor, keyed_by_path(records), cache,
                                                on_error=on_error, desc="dedup", progress=progress)
-    groups = group_copies(list(embeddings.ids), embeddings.vectors, threshold)
+    correction = (background.correction(embeddings.vectors)
+                  if background is not None and len(embeddings) else None)
+    groups = group_copies(list(embeddings.ids), embeddings.vectors, threshold, correction)
     return DedupResult(str(folder), groups, len(embeddings), threshold, skipped,
-                       time.perf_counter() - start)
+                       time.perf_counter() - start, background.describe() if background else "")

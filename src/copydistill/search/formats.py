@@ -20,10 +20,13 @@ def format_search(result, fmt: str, threshold) -> str:
             "k": result.k,
             "threshold": threshold.value,
             "threshold_source": threshold.source,
+            "normalisation": result.normalisation or None,
             "queries": [
                 {"query": q.query, "matches": [
                     {"rank": m.rank, "reference": m.reference, "path": m.path,
-                     "score": round(m.score, 6)} for m in q.matches]}
+                     "score": round(m.score, 6)}
+                    | ({} if m.raw_score is None else {"raw_score": round(m.raw_score, 6)})
+                    for m in q.matches]}
                 for q in ordered
             ],
             "skipped": [{"path": p, "reason": r} for p, r in result.skipped.items()],
@@ -41,7 +44,8 @@ def format_search(result, fmt: str, threshold) -> str:
             label = q.query if m.rank == 1 else ""
             lines.append(f"{label:<{width}}  {m.rank:>4}  {m.score:>7.4f}  {m.path}")
     matched = sum(1 for q in result.queries if q.matches)
-    lines.append(f"{len(result.queries)} queries, {matched} with matches; {threshold.source}")
+    norm = f"; {result.normalisation}" if result.normalisation else ""
+    lines.append(f"{len(result.queries)} queries, {matched} with matches; {threshold.source}{norm}")
     return "\n".join(lines) + "\n"
 
 
@@ -50,6 +54,7 @@ def format_dedup(result, fmt: str, threshold) -> str:
         payload = {
             "folder": result.folder, "images": result.images, "threshold": threshold.value,
             "threshold_source": threshold.source,
+            "normalisation": result.normalisation or None,
             "groups": [
                 {"group": g, "size": group.size,
                  "members": [{"path": m.path, "best_score": round(m.best_score, 6),
@@ -72,6 +77,7 @@ def format_dedup(result, fmt: str, threshold) -> str:
         for m in group.members:
             exact = f"  exact copy of {m.exact_of}" if m.exact_of else ""
             lines.append(f"  {m.best_score:.4f}  {m.path}{exact}")
+    norm = f"; {result.normalisation}" if result.normalisation else ""
     lines.append(f"{result.images} images, {len(result.groups)} groups of copies, {result.duplicates} "
-                 f"images duplicate another; {threshold.source}")
+                 f"images duplicate another; {threshold.source}{norm}")
     return "\n".join(lines) + "\n"

@@ -163,12 +163,29 @@ def dedup_gallery(result, path: str | Path, threshold_note: str, max_rows: int =
 # --------------------------------------------------------------------------------------------
 
 
-def find_chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+def browser_cache() -> Path:
+    """Where ``scripts/fetch_chromium.py`` (run by ``make setup``) unpacks Debian's Chromium."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "copydistill" / "chromium" / "bin"
+
+
+def _find(names: tuple[str, ...], cached: str) -> str | None:
+    for name in names:
         found = shutil.which(name)
         if found:
             return found
-    return None
+    path = browser_cache() / cached
+    return str(path) if os.access(path, os.X_OK) else None
+
+
+def find_chromium() -> str | None:
+    """Chromium on PATH, else the one ``make setup`` unpacked into the cache."""
+    return _find(("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"), "chromium")
+
+
+def find_chromedriver() -> str | None:
+    """Its WebDriver (for Selenium): chromedriver on PATH, else the cached one."""
+    return _find(("chromedriver",), "chromedriver")
 
 
 def screenshot(page: str | Path, png: str | Path, width: int = 1200, height: int = 900,
@@ -176,7 +193,8 @@ def screenshot(page: str | Path, png: str | Path, width: int = 1200, height: int
     """Render ``page`` in headless Chromium and save a PNG screenshot (offline, throwaway profile)."""
     binary = chromium or find_chromium()
     if binary is None:
-        raise CopydistillError("chromium not found; install it (Debian: apt-get install chromium)")
+        raise CopydistillError("chromium not found; install it (Debian: apt-get install chromium) "
+                               "or run scripts/fetch_chromium.py")
     page, png = Path(page).resolve(), Path(png).resolve()
     png.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="copydistill-chromium-") as profile:

@@ -25,6 +25,7 @@ from copydistill.io.skiplist import read_skip_list, write_skip_list
 from copydistill.models.descriptor import Descriptor
 from copydistill.models.registry import normalise_spec
 from copydistill.search.faiss_tools import MAX_TRAIN, new_index, train_index
+from copydistill.search.normalise import Background
 from copydistill.search.store import (
     DEFAULT_NPROBE,
     SKIPPED_FILE,
@@ -199,15 +200,14 @@ def _add_locked(ref_index, folders, descriptor, on_error, progress, start) -> Bu
                        seconds=time.perf_counter() - start)
 
 
-
-
-
 @dataclass
 class Match:
     rank: int
     reference: str  # id: path relative to the folder it was added from
     path: str  # absolute path of the reference
-    score: float
+    score: float  # cosine, or the normalised score with a background
+    row: int = -1  # the reference's row in the index
+    raw_score: float | None = None  # the cosine, when ``score`` is normalised
 
 
 @dataclass
@@ -227,6 +227,7 @@ class SearchResult:
     k: int
     threshold: float | None = None
     seconds: float = 0.0
+    normalisation: str = ""  # how scores were normalised ("" for raw cosines)
 
     def sorted(self) -> list[QueryResult]:
         """Queries with matches first, strongest best match first; the others in input order."""
@@ -267,6 +268,37 @@ def query_records(queries: list[str | Path]) -> list[ImageRecord]:
 
 
 
+def match_vectors(
+    ref_index: ReferenceIndex,
+    names: list[str],
+    vectors: np.ndarray,
+    k: int = 10,
+    threshold: float | None = None,
+    nprobe: int | None = None,
+    background: Background | None = None,
+) -> list[QueryResult]:
+    """The k best references of each query vector (named ``names``), best first; with a
+    ``background``, scores are normalised (``search.normalise``) before ``threshold`` filters."""
+    if k < 1:
+        raise CopydistillError(f"--k must be at least 1, got {k}")
+    scores, rows = ref_index.search(vectors, k, nprobe)
+    correction = (background.correction(vectors) if background is not None and len(vectors)
+                  else np.zeros(len(vectors)))
+    results = []
+    for q, query in enumerate(names):
+        matches = []
+        for s, j in zip(scores[q], rows[q], strict=True):
+            score = float(s - correction[q])
+            if j >= 0 and (threshold is None or score >= threshold):
+                raw = float(s) if background is not None else None
+                matches.append(Match(0, ref_index.ids[j], ref_index.paths[j], score, int(j), raw))
+        matches.sort(key=lambda m: -m.score)
+        for rank, match in enumerate(matches, start=1):
+            match.rank = rank
+        results.append(QueryResult(query, matches))
+    return results
+
+
 def search_index(
     ref_index: ReferenceIndex,
     descriptor: Descriptor,
@@ -276,8 +308,10 @@ def search_index(
     nprobe: int | None = None,
     on_error: OnError = "skip",
     progress: bool = True,
+    background: Background | None = None,
 ) -> SearchResult:
-    """The k best references of every query image, scores = cosine; ``threshold`` filters."""
+    """The k best references of every query image, scores = cosine (normalised against
+    ``background`` when given); ``threshold`` filters."""
     start = time.perf_counter()
     if k < 1:
         raise CopydistillError(f"--k must be at least 1, got {k}")
@@ -285,16 +319,7 @@ def search_index(
     records = query_records(queries)
     embeddings, skipped = embed_with_skip_list(descriptor, records, None, on_error=on_error, desc="queries",
                                                progress=progress)
-    scores, rows = ref_index.search(embeddings.vectors, k, nprobe)
-    results = []
-    for q, query in enumerate(embeddings.ids):
-        matches = [
-            Match(0, ref_index.ids[j], ref_index.paths[j], float(s))
-            for s, j in zip(scores[q], rows[q], strict=True)
-            if j >= 0 and (threshold is None or s >= threshold)
-        ]
-        matches.sort(key=lambda m: -m.score)
-        for rank, match in enumerate(matches, start=1):
-            match.rank = rank
-        results.append(QueryResult(query, matches))
-    return SearchResult(results, skipped, k, threshold, time.perf_counter() - start)
+    results = match_vectors(ref_index, list(embeddings.ids), embeddings.vectors, k, threshold, nprobe,
+                            background)
+    return SearchResult(results, skipped, k, threshold, time.perf_counter() - start,
+                        background.describe() if background is not None else "")

@@ -200,10 +200,3 @@ def image_teacher_keys(folder: str | Path, teacher: Descriptor, cache_dir: str |
         np.save(handle, keys)
     return keys
 
-
-def collate(items: list[dict]) -> dict:
-    out = {"views": torch.stack([i["views"] for i in items]),
-           "index": torch.tensor([i["index"] for i in items])}
-    if "teacher" in items[0]:
-        out["teacher"] = torch.stack([i["teacher"] for i in items])
-    return out

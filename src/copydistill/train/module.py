@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from copydistill.config import TrainConfig, to_flat
+from copydistill.errors import CopydistillError
 from copydistill.models.backbones import EmbeddingModel
 from copydistill.train.objectives import (
     ContrastiveObjective,
@@ -46,6 +47,31 @@ def _moco(config: TrainConfig, student: EmbeddingModel) -> MoCoObjective:
 OBJECTIVES = {"sscd": _sscd, "moco": _moco}
 
 
+def initialise_student(student: EmbeddingModel, config) -> None:
+    """Copy the weights of ``init_student`` (a student this project trained, never a third-party
+    file) into ``student``; the architecture must match the recipe's."""
+    from pathlib import Path
+
+    from copydistill.errors import ModelSpecError
+    from copydistill.models.registry import read_student
+
+    path = Path(config.init).expanduser()
+    if not path.is_file():
+        raise CopydistillError(f"init_student={config.init}: no such file; give a student.pt or .ckpt "
+                               "that copydistill train wrote")
+    try:
+        found = read_student(path)
+    except ModelSpecError as err:
+        raise CopydistillError(str(err)) from err
+    wanted = (config.arch, config.dims, config.kd_dim, config.head_norm)
+    if (found.arch, found.dims, found.kd_dim, found.head_norm) != wanted:
+        raise CopydistillError(
+            f"{path}: a {found.arch} ({found.dims}-d, kd_dim {found.kd_dim}, head_norm {found.head_norm}) "
+            f"student, but the recipe trains {config.arch} ({config.dims}-d, kd_dim {config.kd_dim}, "
+            f"head_norm {config.head_norm}); use a matching file or recipe")
+    student.load_state_dict(found.build(path).state_dict())
+
+
 class DescriptorModule(L.LightningModule):
     """Student + contrastive objective. ``training_step`` returns ``{"loss", "output"}``: the
     weighted loss and the objective's ``ObjectiveOutput`` (the rows the student embedded)."""
@@ -57,6 +83,8 @@ class DescriptorModule(L.LightningModule):
         self.save_hyperparameters({"config": to_flat(config)})
         s = config.student
         self.student = EmbeddingModel(s.arch, dims=s.dims, kd_dim=s.kd_dim, gem_p=s.gem_p, head_norm=s.head_norm)
+        if s.init:
+            initialise_student(self.student, s)
         self.inputs = StudentInput(s.input_size, channels_last=s.channels_last)
         self.objective = build_objective(config, self.student)
         self.device_views = None  # augment_device: gpu -> views made from sources on the device

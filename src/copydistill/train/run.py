@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from copydistill.augment.sscd import SSCDAugment
 from copydistill.config import TrainConfig, dump_config
@@ -24,7 +24,6 @@ from copydistill.train.data import (
     TwoViewImages,
     WithImageKeys,
     build_view_cache,
-    collate,
     image_teacher_keys,
 )
 from copydistill.train.distillation import DistillationModule
@@ -65,7 +64,8 @@ class ViewsData(L.LightningDataModule):
         workers = 0 if data.cached_views else data.workers  # a cache is in memory
         gpu_views = data.augment_device == "gpu"
         self.loader = DataLoader(self.dataset, batch_size=batch, sampler=sampler, num_workers=workers,
-                                 collate_fn=collate_sources if gpu_views else collate, drop_last=True, persistent_workers=False,
+                                 collate_fn=collate_sources if gpu_views else default_collate,
+                                 drop_last=True, persistent_workers=False,
                                  pin_memory=torch.cuda.is_available())
         self._apply_resume()
         return self.loader
