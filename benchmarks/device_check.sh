@@ -32,8 +32,8 @@ if [ "$DRY" = "--dry-run" ]; then
   timeout 60 $PY benchmarks/device_check.py train $COMMON --bench $BENCH --steps 3 --run-dir /tmp/device-check-run-$$ || echo "train: rc $?"
 else
   # 2 students x 2 rows x 30 s + startup ~ 150 s; embed ~ 40 s; train 5 min + eval
-  timeout 170 $PY benchmarks/device_check.py kd --seconds 30 --warmup 10 || echo "kd: rc $?"
-  timeout 60 $PY benchmarks/device_check.py embed --workers 16 || echo "embed: rc $?"
-  timeout 280 $PY benchmarks/device_check.py train --bench "$BENCH" --batch 256 --workers 16 --steps ${TRAIN_STEPS:-3000} || echo "train: rc $?"
+  timeout 150 $PY benchmarks/device_check.py kd --seconds 25 --warmup 10 || echo "kd: rc $?"
+  timeout 50 $PY benchmarks/device_check.py embed --workers 16 || echo "embed: rc $?"
+  timeout 270 $PY benchmarks/device_check.py train --bench "$BENCH" --batch 256 --workers 16 --steps ${TRAIN_STEPS:-3000} || echo "train: rc $?"
 fi
 echo "== done $(date -Is)"; ls -la "$OUT"
