@@ -21,3 +21,14 @@ def drop_big_files(tmp_path):
     for path in tmp_path.rglob("*"):
         if path.is_file() and path.stat().st_size > 1 << 20:
             path.unlink()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a test module's torch work on one thread (exact, repeatable numbers), then restore."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -15,18 +15,11 @@ from copydistill.errors import ModelSpecError
 from copydistill.models.registry import load_descriptor, model_file, normalise_spec, spec_error, spec_kinds
 
 pytestmark = [pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
-              pytest.mark.filterwarnings("ignore:.*is deprecated:FutureWarning")]
+              pytest.mark.filterwarnings("ignore:.*is deprecated:FutureWarning"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 KINDS = spec_kinds()
 FILE_KINDS = [k for k in KINDS if k.takes_path]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -33,12 +33,7 @@ TINY = ["arch=mobilenetv4_conv_small", "dims=32", "image_size=32", "batch_size=4
         "log_every_n_steps=1", "warmup_epochs=1"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
