@@ -69,7 +69,9 @@ def initialise_student(student: EmbeddingModel, config) -> None:
             f"{path}: a {found.arch} ({found.dims}-d, kd_dim {found.kd_dim}, head_norm {found.head_norm}) "
             f"student, but the recipe trains {config.arch} ({config.dims}-d, kd_dim {config.kd_dim}, "
             f"head_norm {config.head_norm}); use a matching file or recipe")
-    student.load_state_dict(found.build(path).state_dict())
+    from copydistill.models.teachers import load_checked
+
+    load_checked(student, found.state, path, f"the student {found.arch} ({found.dims}-d)")
 
 
 class DescriptorModule(L.LightningModule):
