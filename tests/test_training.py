@@ -902,3 +902,30 @@ def test_init_student_starts_from_a_student_this_project_trained(trained, images
         DescriptorModule(_config(images, tmp_path / "run3", f"init_student={tmp_path / 'missing.pt'}"))
     with pytest.raises(CopydistillError, match="the recipe trains"):
         DescriptorModule(_config(images, tmp_path / "run4", f"init_student={source}", "dims=16"))
+
+
+def test_kd_start_epoch_fills_the_bank_but_weighs_kd_zero_until_it():
+    from copydistill.train.distillation import DistillationModule
+    from copydistill.train.module import DescriptorModule
+    from copydistill.train.teacher import TorchTeacher
+
+    base = dict(arch="resnet18", dims=32, batch_size=4, image_size=32, mixup=False, bank_size=16)
+    batch = {"views": torch.randint(0, 256, (4, 2, 3, 32, 32), dtype=torch.uint8), "index": torch.arange(4),
+             "teacher": F.normalize(torch.randn(4, 2, 32), dim=-1)}
+    torch.manual_seed(0)
+    plain = DescriptorModule(options(**base, teacher=None)).eval()
+    teacher = TorchTeacher(_tiny_teacher(), 32)  # keys come with the batch: never called
+    torch.manual_seed(0)  # the same student init as ``plain``
+    late = DistillationModule(options(**base, teacher="x", kd_weight=1.0, kd_start_epoch=2), teacher).eval()
+    for module in (plain, late):
+        module.log = module.log_dict = lambda *a, **k: None
+    late.epochs_to_steps = lambda epochs: int(epochs * 5)  # 5 steps per epoch: KD from step 10
+    assert late.kd_start_step == 10
+    with torch.no_grad():
+        before = float(late.training_step(batch, 0)["loss"])
+        assert before == pytest.approx(float(plain.training_step(batch, 0)["loss"]), abs=1e-6)
+        assert int(late.distill.bank.filled) == 8  # both views' keys went into the bank
+        late.epochs_to_steps = lambda epochs: 0  # the start step reached: the KD term counts
+        assert float(late.training_step(batch, 0)["loss"]) > before + 1e-3
+    with pytest.raises(CopydistillError, match="start_epoch"):
+        options(**base, teacher="x", kd_start_epoch=-1)

@@ -159,6 +159,7 @@ class DistillationConfig:
     relation_weight: float = 0.0  # >0: + w·KL of the batch's view similarities (BatchRelationDistillation)
     predictor: str = "none"  # none: the feature itself is distilled (§2.4) | linear | mlp head
     target: str = "view"  # view: the teacher embeds each view | clean: each unedited image once
+    start_epoch: float = 0.0  # >0: KD terms weigh 0 before this epoch (the bank fills meanwhile)
     bank_size: int = 65_536
 
     def __post_init__(self) -> None:
@@ -167,7 +168,7 @@ class DistillationConfig:
 
         if not self.teacher:
             raise CopydistillError("teacher is empty: pass a model spec, or teacher=null for no distillation")
-        for name in ("weight", "regression_weight", "relation_weight"):
+        for name in ("weight", "regression_weight", "relation_weight", "start_epoch"):
             _check_range(self, name, 0)
         for name in ("teacher_temperature", "student_temperature"):
             _check_range(self, name, 0, inclusive=False)
@@ -324,7 +325,8 @@ RENAMED = {
     "kd_prepend_current": "distillation.prepend_current", "kd_views": "distillation.views",
     "kd_regression_weight": "distillation.regression_weight",
     "kd_relation_weight": "distillation.relation_weight", "kd_predictor": "distillation.predictor",
-    "kd_target": "distillation.target", "optimizer": "optimiser.name", "init_student": "student.init",
+    "kd_target": "distillation.target", "kd_start_epoch": "distillation.start_epoch",
+    "optimizer": "optimiser.name", "init_student": "student.init",
 }
 
 

@@ -38,7 +38,7 @@ def kd_predictor(kind: str, width: int, teacher_dims: int) -> nn.Module:
 class DistillationModule(DescriptorModule):
     """Adds a frozen teacher (``TeacherKeys``, never registered), the bank and the KD terms:
     L = L_objective + kd_weight · L_KD [+ kd_regression_weight · L_regression]
-    [+ kd_relation_weight · L_relation]."""
+    [+ kd_relation_weight · L_relation], the KD terms from step ``kd_start_step`` on."""
 
     def __init__(self, config: TrainConfig, teacher: TeacherKeys):
         super().__init__(config)
@@ -66,22 +66,30 @@ class DistillationModule(DescriptorModule):
     def student_sees_both_views(self) -> bool:
         return self.config.distillation.views == "both"
 
+    @property
+    def kd_start_step(self) -> int:
+        """``kd_start_epoch`` in optimiser steps: before it the KD terms are logged and the bank
+        fills, but they weigh 0 (a KD phase after InfoNCE has spread the descriptors)."""
+        start = self.config.distillation.start_epoch
+        return self.epochs_to_steps(start) if start else 0
+
     def training_step(self, batch: dict, batch_idx: int) -> dict:
         out = super().training_step(batch, batch_idx)
         output: ObjectiveOutput = out["output"]
         features, keys = self.distillation_pairs(batch, output)
         if self.kd_head is not None:
             features = nn.functional.normalize(self.kd_head(features), dim=1)
-        kd, stats = self.distill(features.float(), keys)
+        kd, stats = self.distill(features.float(), keys)  # the bank takes the keys even before kd_start_epoch
         kd_config = self.config.distillation
-        loss = out["loss"] + kd_config.weight * kd
+        on = float(self.global_step >= self.kd_start_step)
+        loss = out["loss"] + on * kd_config.weight * kd
         if self.key_regression is not None:
             regression, regression_stats = self.key_regression(features, keys)
-            loss = loss + kd_config.regression_weight * regression
+            loss = loss + on * kd_config.regression_weight * regression
             stats |= regression_stats
         if self.relation is not None:
             relation, relation_stats = self.relation(features, keys)
-            loss = loss + kd_config.relation_weight * relation
+            loss = loss + on * kd_config.relation_weight * relation
             stats |= relation_stats
         self.log_terms(stats, batch["views"].shape[0])
         return {"loss": loss, "output": output}

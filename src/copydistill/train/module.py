@@ -137,15 +137,20 @@ class DescriptorModule(L.LightningModule):
         global_batch = self.config.data.batch_size * max(1, self.trainer.world_size if self._trainer else 1)
         return optimiser.base_lr * global_batch / 256
 
+    def epochs_to_steps(self, epochs: float) -> int:
+        """Optimiser steps in ``epochs`` (fractional) epochs of the attached trainer."""
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        batches = self.trainer.num_training_batches
+        known = batches not in (None, float("inf")) and batches > 0
+        steps_per_epoch = int(batches) if known else max(1, total // max(1, self.config.trainer.epochs))
+        return int(round(epochs * steps_per_epoch))
+
     def configure_optimizers(self) -> dict:
         c = self.config.optimiser
         optimizer = build_optimizer(c.name, self.trainable_parameters(), lr=self.learning_rate(),
                                     momentum=c.momentum, weight_decay=c.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        batches = self.trainer.num_training_batches
-        known = batches not in (None, float("inf")) and batches > 0
-        steps_per_epoch = int(batches) if known else max(1, total // max(1, self.config.trainer.epochs))
-        warmup = min(total - 1, int(round(c.warmup_epochs * steps_per_epoch)))  # real epochs, even with max_steps
+        warmup = min(total - 1, self.epochs_to_steps(c.warmup_epochs))  # real epochs, even with max_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
