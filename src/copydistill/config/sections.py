@@ -160,6 +160,8 @@ class DistillationConfig:
     predictor: str = "none"  # none: the feature itself is distilled (§2.4) | linear | mlp head
     target: str = "view"  # view: the teacher embeds each view | clean: each unedited image once
     start_epoch: float = 0.0  # >0: KD terms weigh 0 before this epoch (the bank fills meanwhile)
+    copy_threshold: float = 0.0  # >0: train images the teacher sees as copies (cosine above) are
+    #                              InfoNCE positives and share batches (train/copies.py)
     bank_size: int = 65_536
 
     def __post_init__(self) -> None:
@@ -172,6 +174,7 @@ class DistillationConfig:
             _check_range(self, name, 0)
         for name in ("teacher_temperature", "student_temperature"):
             _check_range(self, name, 0, inclusive=False)
+        _check_range(self, "copy_threshold", 0, 1)  # 0: off
         _check_range(self, "bank_size", 1)
         for name, allowed in (("objective", OBJECTIVES), ("views", KD_VIEWS), ("target", KD_TARGETS),
                               ("predictor", PREDICTORS)):
@@ -299,6 +302,8 @@ class TrainConfig:
         if self.objective.sscd.directclr_dim > self.student.dims:
             raise CopydistillError(f"directclr_dim={self.objective.sscd.directclr_dim} cannot exceed "
                                    f"dims={self.student.dims}")
+        if self.objective.kind == "moco" and self.distillation is not None and self.distillation.copy_threshold:
+            raise CopydistillError("kd_copy_threshold adds InfoNCE positives: it needs contrastive=sscd")
         if self.objective.kind == "moco" and self.distillation is not None and self.student.kd_dim is None:
             raise CopydistillError(
                 "contrastive=moco with a teacher distils a compact student (§3.1): set kd_dim to the "
@@ -326,6 +331,7 @@ RENAMED = {
     "kd_regression_weight": "distillation.regression_weight",
     "kd_relation_weight": "distillation.relation_weight", "kd_predictor": "distillation.predictor",
     "kd_target": "distillation.target", "kd_start_epoch": "distillation.start_epoch",
+    "kd_copy_threshold": "distillation.copy_threshold",
     "optimizer": "optimiser.name", "init_student": "student.init",
 }
 

@@ -20,6 +20,7 @@ from copydistill.errors import CopydistillError, ImageError
 from copydistill.io.atomic import atomic_write, atomic_write_text
 from copydistill.io.images import list_images, load_image
 from copydistill.models.descriptor import Descriptor
+from copydistill.train.copies import pair_order
 
 
 class EpochSampler(Sampler):
@@ -30,8 +31,10 @@ class EpochSampler(Sampler):
     start after the items already trained on (mid-epoch resume, see ``train.run.ViewsData``).
     """
 
-    def __init__(self, size: int, seed: int = 0, rank: int = 0, world: int = 1, shuffle: bool = True):
+    def __init__(self, size: int, seed: int = 0, rank: int = 0, world: int = 1, shuffle: bool = True,
+                 partners: list[np.ndarray] | None = None):
         self.size, self.seed, self.rank, self.world, self.shuffle = size, seed, rank, world, shuffle
+        self.partners = partners  # per image, its teacher-mined copies: placed next to it (train/copies.py)
         self.epoch = 0
         self._resume: tuple[int, int] | None = None  # (epoch, items to skip in it)
 
@@ -47,8 +50,10 @@ class EpochSampler(Sampler):
         return self.size // self.world
 
     def __iter__(self):
-        order = (np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
-                 if self.shuffle else np.arange(self.size))
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.size) if self.shuffle else np.arange(self.size)
+        if self.partners is not None:
+            order = pair_order(order, self.partners, rng)
         per_rank = self.size // self.world
         mine = order[self.rank * per_rank : (self.rank + 1) * per_rank]
         if self._resume is not None and self._resume[0] == self.epoch:

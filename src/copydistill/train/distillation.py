@@ -17,6 +17,7 @@ from torch import nn
 from copydistill.config import TrainConfig
 from copydistill.losses.distill import (BatchRelationDistillation, KeyRegression, MemoryBank,
                                          SimilarityDistillation)
+from copydistill.train.copies import TeacherCopies
 from copydistill.train.module import DescriptorModule
 from copydistill.train.objectives import ObjectiveOutput
 from copydistill.train.teacher import TeacherKeys
@@ -40,10 +41,14 @@ class DistillationModule(DescriptorModule):
     L = L_objective + kd_weight · L_KD [+ kd_regression_weight · L_regression]
     [+ kd_relation_weight · L_relation], the KD terms from step ``kd_start_step`` on."""
 
-    def __init__(self, config: TrainConfig, teacher: TeacherKeys):
+    def __init__(self, config: TrainConfig, teacher: TeacherKeys, copies: TeacherCopies | None = None):
         super().__init__(config)
         kd = config.distillation
         self.teacher = teacher  # a plain object: not a submodule, so out of SyncBN, DDP and checkpoints
+        if kd.copy_threshold:
+            if copies is None:
+                raise ValueError("kd_copy_threshold is set: pass the train split's TeacherCopies")
+            self.objective.copies = copies  # teacher-mined copies are InfoNCE positives (train/copies.py)
         width = self.student.feature_dim
         self.kd_head = None
         if kd.predictor != "none":  # a head maps the student's feature into the teacher's space

@@ -23,11 +23,12 @@ from torch import nn
 from copydistill.augment.mixup import ContrastiveMixup
 from copydistill.losses.contrastive import DirectCLR, InfoNCEEntropy, match_matrix
 from copydistill.losses.distill import MemoryBank
-from copydistill.losses.distributed import world
+from copydistill.losses.distributed import gather, world
 from copydistill.losses.moco import MoCoHardNegative
 from copydistill.models.backbones import EmbeddingModel
 from copydistill.models.gem import PixelInput
 from copydistill.models.momentum import MomentumEncoder
+from copydistill.train.copies import TeacherCopies
 
 
 class StudentInput(nn.Module):
@@ -79,7 +80,8 @@ class ContrastiveObjective(nn.Module, ABC):
 class SSCDObjective(ContrastiveObjective):
     """weight · (InfoNCE + λ·KoLeo) (§1.2) [+ directclr_weight · DirectCLR (§2.6)], on both views,
     optionally mixed up (§1.4): 5 % of rows mixed with their reversed partner, positives from the
-    soft-target match matrix, mixing seeded by (seed, step, rank) so a resumed run mixes the same."""
+    soft-target match matrix, mixing seeded by (seed, step, rank) so a resumed run mixes the same.
+    With ``copies`` (set by the distillation module) teacher-mined copies are positives too."""
 
     def __init__(self, *, temperature: float, weight: float, entropy_weight: float, directclr_dim: int,
                  directclr_weight: float, mixup: bool, seed: int):  # config.InfoNCEConfig's fields
@@ -88,6 +90,7 @@ class SSCDObjective(ContrastiveObjective):
         self.directclr = DirectCLR(directclr_dim, temperature) if directclr_dim else None
         self.mixup = ContrastiveMixup() if mixup else None
         self.weight, self.directclr_weight, self.seed = weight, directclr_weight, seed
+        self.copies: TeacherCopies | None = None  # teacher-mined copies count as positives (train/copies.py)
 
     def forward(self, views, instance_ids, student, prepare, *, step, both_views) -> ObjectiveOutput:
         b = views.shape[0]
@@ -101,8 +104,16 @@ class SSCDObjective(ContrastiveObjective):
             x, mixed = result.images, result.mixed
             match = torch.zeros(2 * b, 2 * b * size, dtype=torch.bool, device=x.device)
             match[:, rank * 2 * b : (rank + 1) * 2 * b] = result.match.to(x.device)
+            if self.copies is not None:  # copies among the rows mixup left alone
+                ids = torch.cat([instance_ids, instance_ids])
+                plain = ~result.mixed.to(x.device)
+                match[:, rank * 2 * b : (rank + 1) * 2 * b] |= (
+                    self.copies.related(ids, ids) & plain[:, None] & plain[None, :])
         else:
-            match = match_matrix(torch.cat([instance_ids, instance_ids]))
+            ids = torch.cat([instance_ids, instance_ids])
+            match = match_matrix(ids)
+            if self.copies is not None:
+                match = match | self.copies.related(ids, gather(ids))
         features, descriptors = student.features(prepare(x))
         nce, stats = self.infonce(descriptors, match)
         loss = self.weight * nce

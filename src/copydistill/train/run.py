@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -20,12 +21,14 @@ from copydistill.errors import CopydistillError
 from copydistill.io.atomic import atomic_write_text
 from copydistill.models.descriptor import Descriptor
 from copydistill.train.data import (
+    CachedTeacherViews,
     EpochSampler,
     TwoViewImages,
     WithImageKeys,
     build_view_cache,
     image_teacher_keys,
 )
+from copydistill.train.copies import TeacherCopies, image_embeddings
 from copydistill.train.distillation import DistillationModule
 from copydistill.train.gpu_views import TwoViewSources, collate_sources
 from copydistill.train.module import DescriptorModule
@@ -48,9 +51,9 @@ class ViewsData(L.LightningDataModule):
     for the loader's length before the checkpoint is loaded.)
     """
 
-    def __init__(self, dataset, config: TrainConfig):
+    def __init__(self, dataset, config: TrainConfig, partners: list[np.ndarray] | None = None):
         super().__init__()
-        self.dataset, self.config = dataset, config
+        self.dataset, self.config, self.partners = dataset, config, partners
         self.loader: DataLoader | None = None
         self.resume: tuple[int, int] | None = None  # (epoch, batches already trained on)
 
@@ -59,7 +62,7 @@ class ViewsData(L.LightningDataModule):
         batch = min(self.config.data.batch_size, len(self.dataset) // world)
         if batch < 2:
             raise CopydistillError(f"{len(self.dataset)} training images are too few for {world} process(es)")
-        sampler = EpochSampler(len(self.dataset), self.config.trainer.seed, rank, world)
+        sampler = EpochSampler(len(self.dataset), self.config.trainer.seed, rank, world, partners=self.partners)
         data = self.config.data
         workers = 0 if data.cached_views else data.workers  # a cache is in memory
         gpu_views = data.augment_device == "gpu"
@@ -180,6 +183,23 @@ def build_trainer(config: TrainConfig, callbacks: list[Callback], progress: bool
     )
 
 
+def teacher_copies(dataset, threshold: float, images: str, teacher: Descriptor, cache_dir: Path,
+                   progress: bool) -> TeacherCopies:
+    """``kd_copy_threshold``: the train images the teacher sees as copies of each other, from
+    the mean of each image's cached view keys, else the teacher's keys of the unedited images."""
+    if isinstance(dataset, WithImageKeys):
+        keys = dataset.keys
+    elif isinstance(dataset, CachedTeacherViews) and dataset.keys is not None:
+        keys = dataset.keys
+    else:
+        keys = image_teacher_keys(images, teacher, cache_dir, progress)
+    copies = TeacherCopies(image_embeddings(keys), threshold)
+    if progress:
+        print(f"teacher-mined copies: {copies.pairs} pairs among {len(keys)} train images "
+              f"(cosine > {threshold})", flush=True)
+    return copies
+
+
 def train(config: TrainConfig, resume: str | None = None, progress: bool = True) -> Path:
     """Run ``config``; returns the output folder. Resumes from ``resume`` (or ``last.ckpt``)."""
     data, trainer, kd = config.data, config.trainer, config.distillation
@@ -202,12 +222,16 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
     if kd and kd.target == "clean":
         dataset = WithImageKeys(dataset, image_teacher_keys(data.train_images, teacher_descriptor,
                                                             cache_dir, progress))
+    copies = None
+    if kd and kd.copy_threshold:
+        copies = teacher_copies(dataset, kd.copy_threshold, data.train_images, teacher_descriptor,
+                                cache_dir, progress)
     if teacher_descriptor is None:
         module = DescriptorModule(config)
     else:
         teacher = teacher_keys_for(teacher_descriptor, bf16_on_gpu=trainer.precision != "32-true",
                                    channels_last=config.student.channels_last)
-        module = DistillationModule(config, teacher)
+        module = DistillationModule(config, teacher, copies)
     callbacks: list[Callback] = [
         ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,  # last.ckpt
                         **({"every_n_train_steps": trainer.checkpoint_every_n_steps}
@@ -223,6 +247,7 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
     atomic_write_text(out / "config.yaml", dump_config(config))  # only now that training starts
     with warnings.catch_warnings():  # the module's on_after_batch_transfer (augment_device: gpu) is meant
         warnings.filterwarnings("ignore", ".*overridden `on_after_batch_transfer`.*")
-        trainer.fit(module, datamodule=ViewsData(dataset, config), ckpt_path=ckpt, weights_only=True)
+        partners = None if copies is None else copies.partners()
+        trainer.fit(module, datamodule=ViewsData(dataset, config, partners), ckpt_path=ckpt, weights_only=True)
     return out
 
