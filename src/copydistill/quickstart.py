@@ -90,9 +90,15 @@ def run_quickstart(out: str | Path, size: str = "small", seed: int = 0, recipe: 
                f"({meta['matched_queries']} edited copies with a match), distractors and extra train "
                "images composited from photo cut-outs and textures, train photos disjoint from them"
                if meta["source"] == "real" else "procedural scenes (no curated real photos found)")
-    kd_text = (f"memory-bank similarity distillation towards the teacher's keys of the "
-               f"{'unedited images' if kd.target == 'clean' else 'views'} (weight "
-               f"{kd.weight}, bank {kd.bank_size})")
+    kd_terms = []
+    if kd.copy_threshold:
+        kd_terms.append(f"the train images the teacher sees as copies of each other (cosine > "
+                        f"{kd.copy_threshold}) as InfoNCE positives, paired in batches")
+    if kd.weight:
+        kd_terms.append(f"memory-bank similarity distillation towards the teacher's keys of the "
+                        f"{'unedited images' if kd.target == 'clean' else 'views'} (weight "
+                        f"{kd.weight}, bank {kd.bank_size})")
+    kd_text = " and ".join(kd_terms) or "no distillation term (kd_weight 0)"
     intro = (
         f"<p>Embedded benchmark <b>{size}</b> (seed {seed}; {made_of}), DISC21 layout and ISC2021 metrics, "
         f"kNN k = 10. Teacher <code>{kd.teacher}</code> at short side 288 (SSCD's protocol); "
