@@ -8,14 +8,12 @@ import json
 import numpy as np
 
 
-def test_quickstart_runs_every_stage_and_writes_the_scored_students(tmp_path, capsys):
+def test_quickstart_runs_every_stage_and_writes_the_scored_students(tmp_path):
     from copydistill.models.registry import load_descriptor
     from copydistill.quickstart import run_quickstart
 
     out = tmp_path / "qs"
-    # kd_weight=1 as well as the recipe's copy mining: 40 tiny train images may hold no copies
-    run_quickstart(out, size="tiny", seed=0, overrides=["epochs=1", "cached_views=2", "kd_weight=1.0"])
-    assert "teacher-mined copies:" in capsys.readouterr().out
+    run_quickstart(out, size="tiny", seed=0, overrides=["epochs=1", "cached_views=2"])
     summary = json.loads((out / "quickstart.json").read_text())
     models = [s["model"] for s in summary["summaries"]]
     assert models == ["sscd-int8", "resnet18 KD", "resnet18 SSCD-only", "resnet18 untrained", "phash", "pdq"]
