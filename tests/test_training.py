@@ -920,12 +920,14 @@ def test_kd_start_epoch_fills_the_bank_but_weighs_kd_zero_until_it():
     for module in (plain, late):
         module.log = module.log_dict = lambda *a, **k: None
     late.epochs_to_steps = lambda epochs: int(epochs * 5)  # 5 steps per epoch: KD from step 10
+    late.on_train_start()
     assert late.kd_start_step == 10
     with torch.no_grad():
         before = float(late.training_step(batch, 0)["loss"])
         assert before == pytest.approx(float(plain.training_step(batch, 0)["loss"]), abs=1e-6)
         assert int(late.distill.bank.filled) == 8  # both views' keys went into the bank
         late.epochs_to_steps = lambda epochs: 0  # the start step reached: the KD term counts
+        late.on_train_start()
         assert float(late.training_step(batch, 0)["loss"]) > before + 1e-3
     with pytest.raises(CopydistillError, match="start_epoch"):
         options(**base, teacher="x", kd_start_epoch=-1)

@@ -18,16 +18,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from copydistill.models.descriptor import l2_normalize
+
 MAX_COPIES = 16  # most similar copies kept per image
 
 
 def image_embeddings(keys: np.ndarray) -> np.ndarray:
     """(N, V, D) view keys or (N, D) image keys -> (N, D) L2-normalised float32."""
     keys = np.asarray(keys, np.float32)
-    if keys.ndim == 3:
-        keys = keys.mean(1)
-    norms = np.linalg.norm(keys, axis=1, keepdims=True)
-    return keys / np.maximum(norms, 1e-12)
+    return l2_normalize(keys.mean(1) if keys.ndim == 3 else keys)
 
 
 class TeacherCopies(nn.Module):
@@ -52,8 +51,10 @@ class TeacherCopies(nn.Module):
 
     @property
     def pairs(self) -> int:
-        """Distinct copy pairs found (each counted once)."""
-        return int((self.table >= 0).sum()) // 2
+        """Distinct copy pairs kept (each counted once, whichever side's list holds it)."""
+        rows, cols = torch.nonzero(self.table >= 0, as_tuple=True)
+        found = self.table[rows, cols]
+        return len({(min(a, b), max(a, b)) for a, b in zip(rows.tolist(), found.tolist())})
 
     def related(self, ids: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
         """(n, m) bool: ``others[j]`` is a teacher-mined copy of ``ids[i]``."""

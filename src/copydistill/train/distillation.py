@@ -45,6 +45,7 @@ class DistillationModule(DescriptorModule):
         super().__init__(config)
         kd = config.distillation
         self.teacher = teacher  # a plain object: not a submodule, so out of SyncBN, DDP and checkpoints
+        self.kd_start_step = 0  # set from kd_start_epoch when training starts (on_train_start)
         if kd.copy_threshold:
             if copies is None:
                 raise ValueError("kd_copy_threshold is set: pass the train split's TeacherCopies")
@@ -71,12 +72,11 @@ class DistillationModule(DescriptorModule):
     def student_sees_both_views(self) -> bool:
         return self.config.distillation.views == "both"
 
-    @property
-    def kd_start_step(self) -> int:
-        """``kd_start_epoch`` in optimiser steps: before it the KD terms are logged and the bank
-        fills, but they weigh 0 (a KD phase after InfoNCE has spread the descriptors)."""
+    def on_train_start(self) -> None:
+        """``kd_start_epoch`` in optimiser steps, once: before it the KD terms are logged and the
+        bank fills, but they weigh 0 (a KD phase after InfoNCE has spread the descriptors)."""
         start = self.config.distillation.start_epoch
-        return self.epochs_to_steps(start) if start else 0
+        self.kd_start_step = self.epochs_to_steps(start) if start else 0
 
     def training_step(self, batch: dict, batch_idx: int) -> dict:
         out = super().training_step(batch, batch_idx)

@@ -96,6 +96,7 @@ class SSCDObjective(ContrastiveObjective):
         b = views.shape[0]
         x = torch.cat([views[:, 0], views[:, 1]])
         mixed = None
+        ids = torch.cat([instance_ids, instance_ids])
         if self.mixup is not None:
             rank, size = world()
             generator = torch.Generator().manual_seed(
@@ -105,12 +106,10 @@ class SSCDObjective(ContrastiveObjective):
             match = torch.zeros(2 * b, 2 * b * size, dtype=torch.bool, device=x.device)
             match[:, rank * 2 * b : (rank + 1) * 2 * b] = result.match.to(x.device)
             if self.copies is not None:  # copies among the rows mixup left alone
-                ids = torch.cat([instance_ids, instance_ids])
                 plain = ~result.mixed.to(x.device)
                 match[:, rank * 2 * b : (rank + 1) * 2 * b] |= (
                     self.copies.related(ids, ids) & plain[:, None] & plain[None, :])
         else:
-            ids = torch.cat([instance_ids, instance_ids])
             match = match_matrix(ids)
             if self.copies is not None:
                 match = match | self.copies.related(ids, gather(ids))

@@ -187,11 +187,8 @@ def teacher_copies(dataset, threshold: float, images: str, teacher: Descriptor, 
                    progress: bool) -> TeacherCopies:
     """``kd_copy_threshold``: the train images the teacher sees as copies of each other, from
     the mean of each image's cached view keys, else the teacher's keys of the unedited images."""
-    if isinstance(dataset, WithImageKeys):
-        keys = dataset.keys
-    elif isinstance(dataset, CachedTeacherViews) and dataset.keys is not None:
-        keys = dataset.keys
-    else:
+    keys = dataset.keys if isinstance(dataset, (WithImageKeys, CachedTeacherViews)) else None
+    if keys is None:  # no teacher keys came with the views: the unedited images' keys
         keys = image_teacher_keys(images, teacher, cache_dir, progress)
     copies = TeacherCopies(image_embeddings(keys), threshold)
     if progress:
