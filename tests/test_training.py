@@ -810,6 +810,26 @@ def test_with_image_keys_gives_both_views_their_images_key():
         WithImageKeys(CachedTeacherViews(views, None), keys[:2])
 
 
+def test_view_seed_fixes_the_cached_views_while_the_trainer_seed_varies_the_draws(images, tmp_path):
+    from copydistill.augment.sscd import SSCDAugment
+    from copydistill.train.data import build_view_cache
+
+    augment = SSCDAugment("STRONG_BLUR", 32)
+    cache = tmp_path / "cache"
+    seed0 = build_view_cache(images, augment, 3, None, cache, seed=0, progress=False)
+    fixed = build_view_cache(images, augment, 3, None, cache, seed=5, progress=False, view_seed=0)
+    assert len(list(cache.glob("views-*.npy"))) == 1  # view_seed=0 reuses the seed-0 views file
+    np.testing.assert_array_equal(np.asarray(fixed.views), np.asarray(seed0.views))
+    draws = [[tuple(np.flatnonzero([np.array_equal(d[(e, i)]["views"][0].numpy(), v) for v in d.views[i]]))
+              for e in range(4) for i in range(N_IMAGES)] for d in (seed0, fixed)]
+    assert draws[0] != draws[1]  # the trainer seed still picks which two views each epoch
+    own = build_view_cache(images, augment, 3, None, cache, seed=5, progress=False)
+    assert len(list(cache.glob("views-*.npy"))) == 2 and not np.array_equal(own.views, seed0.views)
+    with pytest.raises(CopydistillError, match="view_seed"):
+        load_config(None, ["view_seed=-1"])
+    assert load_config(None, ["view_seed=3"]).data.view_seed == 3
+
+
 def test_bf16_step_loss_is_within_bf16_noise_of_fp32():
     from copydistill.train.distillation import DistillationModule
     from copydistill.train.teacher import TorchTeacher

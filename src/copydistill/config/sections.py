@@ -222,6 +222,8 @@ class DataConfig:
     workers: int = 4
     cached_views: int = 0  # >0: precompute this many views per image (and their teacher keys)
     cache_dir: str | None = None
+    view_seed: int | None = None  # seed of the augmentations (None: the trainer's seed); fix it to
+    # vary init and batch order while the views stay the same (docs/training.md)
     augment_device: str = "cpu"  # gpu: views made batched on the training device (augment/gpu.py)
 
     def __post_init__(self) -> None:
@@ -237,6 +239,8 @@ class DataConfig:
         _check_range(self, "image_size", 16, 8192)
         _check_range(self, "workers", 0)
         _check_range(self, "cached_views", 0)
+        if self.view_seed is not None:
+            _check_range(self, "view_seed", 0, 2**32 - 1)
         if self.augment_device not in AUGMENT_DEVICES:
             raise CopydistillError(f"augment_device={self.augment_device!r}; use {' or '.join(AUGMENT_DEVICES)}")
         if self.augment_device == "gpu" and self.cached_views:

@@ -127,24 +127,27 @@ def _views_key(paths: list[Path], augment: SSCDAugment, copies: int, seed: int) 
 
 def build_view_cache(
     folder: str | Path, augment: SSCDAugment, copies: int, teacher: Descriptor | None, cache_dir: str | Path,
-    seed: int = 0, batch_size: int = 64, progress: bool = True,
+    seed: int = 0, batch_size: int = 64, progress: bool = True, view_seed: int | None = None,
 ) -> CachedTeacherViews:
     """Views of every image (``copies`` each) and the teacher's keys for them, cached on disk.
 
-    The views file depends on the images, augmentation, copies and seed; the keys file also on
-    the teacher's fingerprint. Both are reused by later runs; an interrupted build restarts.
+    ``view_seed`` (default ``seed``) makes the views; ``seed`` draws two of them per image and
+    epoch. The views file depends on the images, augmentation, copies and view seed; the keys
+    file also on the teacher's fingerprint. Both are reused by later runs; an interrupted build
+    restarts.
     """
-    data = TwoViewImages(folder, augment, seed)
+    view_seed = seed if view_seed is None else view_seed
+    data = TwoViewImages(folder, augment, view_seed)
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    key = _views_key(data.paths, augment, copies, seed)
+    key = _views_key(data.paths, augment, copies, view_seed)
     views_path = cache / f"views-{key}.npy"
     if not views_path.is_file():
         views = np.zeros((len(data), copies, 3, augment.size, augment.size), np.uint8)
         for i in tqdm(range(len(data)), desc="augmenting views", unit="img", disable=not progress):
             image = data.load(i)
             for c in range(copies):
-                views[i, c] = augment(image, view_rng(seed, 2**31, i, c)).numpy()  # cache "epoch"
+                views[i, c] = augment(image, view_rng(view_seed, 2**31, i, c)).numpy()  # cache "epoch"
         with atomic_write(views_path, "wb") as handle:
             np.save(handle, views)
     views = np.load(views_path, mmap_mode="r")

@@ -209,13 +209,14 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
     augment = SSCDAugment(data.augmentations, data.image_size, data.crop_scale_min)
     cache_dir = data.cache_dir or out / "cache"
     view_teacher = teacher_descriptor if kd and kd.target == "view" else None
+    view_seed = trainer.seed if data.view_seed is None else data.view_seed
     if data.cached_views:
         dataset = build_view_cache(data.train_images, augment, data.cached_views, view_teacher,
-                                   cache_dir, trainer.seed, progress=progress)
+                                   cache_dir, trainer.seed, progress=progress, view_seed=view_seed)
     elif data.augment_device == "gpu":  # the views are made on the training device (train/gpu_views.py)
-        dataset = TwoViewSources(data.train_images, augment, trainer.seed)
+        dataset = TwoViewSources(data.train_images, augment, view_seed)
     else:
-        dataset = TwoViewImages(data.train_images, augment, trainer.seed)
+        dataset = TwoViewImages(data.train_images, augment, view_seed)
     if kd and kd.target == "clean":
         dataset = WithImageKeys(dataset, image_teacher_keys(data.train_images, teacher_descriptor,
                                                             cache_dir, progress))
