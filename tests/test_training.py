@@ -537,6 +537,26 @@ def test_exported_student_loads_as_onnx_and_ckpt_with_same_vectors(trained):
     assert (np.sum(b * c, axis=1) > 0.9999).all()
 
 
+def test_whiten_dims_bakes_the_whitening_into_the_final_student_and_its_export(images, tmp_path):
+    from copydistill.data.procedural import procedural_image
+    from copydistill.models.registry import load_descriptor
+    from copydistill.train.run import train
+
+    out = train(_config(images, tmp_path / "run", "epochs=1", "export=[onnx]", "whiten_dims=8"), progress=False)
+    stored = torch.load(out / "final" / "student.pt", weights_only=True)
+    assert stored["whitening"]["weight"].shape == (8, 32)
+    assert stored["whitening_fit"]["images"] == N_IMAGES and stored["whitening_fit"]["folder"] == str(images)
+    pictures = [procedural_image(100 + i, long_side=(64, 96)) for i in range(3)]
+    ckpt = load_descriptor(f"ckpt:{out / 'final' / 'student.pt'}")
+    onnx = load_descriptor(f"onnx:{out / 'final' / 'student.onnx'}")
+    assert ckpt.dims == onnx.dims == 8
+    assert (np.sum(ckpt.embed_images(pictures) * onnx.embed_images(pictures), axis=1) > 0.999).all()
+    # the training checkpoint keeps the raw 32-d student (resume and init_student see no whitening)
+    assert load_descriptor(f"ckpt:{out / 'checkpoints' / 'last.ckpt'}").dims == 32
+    with pytest.raises(CopydistillError, match="whiten_dims=40 is out of range"):
+        load_config(None, ["dims=32", "whiten_dims=40"])
+
+
 def _train_with_stop_after_first_epoch(config, monkeypatch):
     """Run ``config`` (epochs=2) but interrupt it at the end of epoch 1, as a crash would: the
     schedule keeps its 2-epoch length (``max_steps`` would shorten it, see the report)."""

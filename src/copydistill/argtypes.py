@@ -54,6 +54,17 @@ def score(text: str) -> float:
     return value
 
 
+def positive_number(text: str) -> float:
+    """A finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is out of range; use a number > 0")
+    return value
+
+
 def threshold(text: str) -> str:
     """``auto``, ``auto99`` or a cosine score in [-1, 1] (kept as text for ``resolve_threshold``)."""
     if text in ("auto", "auto99"):

@@ -47,6 +47,8 @@ COMMANDS = (
             core.augment_preview_args, core.cmd_augment_preview),
     Command(("export",), "export a torch model as ONNX or TorchScript (uint8 RGB in)",
             core.export_args, core.cmd_export),
+    Command(("whiten",), "fit a PCA whitening on train images into a trained student.pt",
+            core.whiten_args, core.cmd_whiten),
     Command(("models", "list"), "students and teachers with parameters and GFLOPs",
             core.models_list_args, core.cmd_models_list),
     Command(("index", "build"), "embed a folder of references into a new index",

@@ -229,6 +229,37 @@ def cmd_export(args) -> None:
           f"(verified against torch: min cosine {worst:.5f}); load it with {args.format}:{args.out}")
 
 
+def whiten_args(p) -> None:
+    from copydistill.train.whitening import DEFAULT_MAX_IMAGES
+
+    p.add_argument("--model", type=Path, required=True, metavar="STUDENT.pt",
+                   help="a student.pt that copydistill train wrote (final/ or best/)")
+    p.add_argument("--images", type=Path, required=True,
+                   help="images to fit on: the train split (never the references or queries)")
+    p.add_argument("--dims", type=argtypes.positive, default=None, help="whitened width (default: all)")
+    p.add_argument("--shrinkage", type=argtypes.positive_number, default=0.1,
+                   help="x the mean eigenvalue, added to every eigenvalue (default 0.1)")
+    p.add_argument("--max-images", type=argtypes.integer(2), default=DEFAULT_MAX_IMAGES)
+    p.add_argument("--seed", type=argtypes.seed, default=0, help="of the image sample")
+    p.add_argument("--out", type=Path, default=None, help="write here (default: replace --model)")
+    p.add_argument("--export", choices=("onnx", "torchscript"), action="append", default=[],
+                   help="also export the whitened student beside --out (repeatable)")
+
+
+def cmd_whiten(args) -> None:
+    from copydistill.train.run import export_student_files
+    from copydistill.train.whitening import whiten_student
+
+    out = args.out or args.model
+    if out.name != "student.pt" and args.export:
+        raise CopydistillError(f"--out {out}: --export writes student.onnx beside a file named student.pt")
+    fit = whiten_student(args.model, args.images, args.dims, args.shrinkage, args.max_images, args.seed, out)
+    print(f"{out}: whitened to {fit.dims} dims on {fit.images} images of {fit.folder} "
+          f"(shrinkage {fit.shrinkage}); load it with ckpt:{out}")
+    for path in export_student_files(out.parent, args.export):
+        print(f"exported {path}")
+
+
 def models_list_args(p) -> None:
     p.add_argument("--no-flops", action="store_true", help="skip the GFLOPs count (faster)")
 

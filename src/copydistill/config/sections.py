@@ -57,6 +57,12 @@ class StudentConfig:
     input_size: int | None = None  # the student sees views resized to this (None: data.image_size)
     channels_last: bool = True  # on GPU only: on this CPU (fp32) it measured 0.92-0.98x
     init: str | None = None  # start from a student this project trained (student.pt or .ckpt)
+    # after training: PCA whitening fitted on train images, baked into student.pt and its exports
+    # (train/whitening.py); 0 = off, else the whitened width (<= dims)
+    whiten_dims: int = 0
+    whiten_shrinkage: float = 0.1  # x the mean eigenvalue, added to every eigenvalue
+    whiten_images: str | None = None  # the images to fit it on (None: data.train_images)
+    whiten_max_images: int = 20000  # a seeded sample of at most this many
 
     def __post_init__(self) -> None:
         from copydistill.models.backbones import HEAD_NORMS, TRUNKS
@@ -73,6 +79,9 @@ class StudentConfig:
         _check_range(self, "kd_dim", 1)
         _check_range(self, "gem_p", 0, inclusive=False)
         _check_choice(self, "head_norm", HEAD_NORMS)
+        _check_range(self, "whiten_dims", 0, self.dims)
+        _check_range(self, "whiten_shrinkage", 0, inclusive=False)
+        _check_range(self, "whiten_max_images", 2)
         if self.input_size is not None and self.input_size < 16:
             raise CopydistillError(f"student_size={self.input_size} must be >= 16 (or null)")
 

@@ -190,6 +190,9 @@ class EmbeddingModel(nn.Module):
     Compact mode (§3.1, ``kd_dim`` set): the linear layer gives a ``kd_dim`` feature (the
     distillation target) and a projector maps it to the ``dims``-d descriptor.
 
+    ``set_whitening`` appends a fixed affine map and a second L2 after the descriptor: the PCA
+    whitening fitted on train images after training (train/whitening.py, docs/training.md).
+
     ``head_norm="batchnorm"`` puts a BatchNorm1d after the linear layer (before L2): it removes
     the component every image shares — a random trunk's GeM features are all positive, so a fresh
     student's descriptors start at cosine ≈ 0.9 to each other — which SSCD's head leaves for the
@@ -218,10 +221,28 @@ class EmbeddingModel(nn.Module):
         self.head_bn = nn.BatchNorm1d(kd_dim or dims) if head_norm == "batchnorm" else None
         self.projector = nn.Linear(kd_dim, dims) if kd_dim else None
         self.norm = L2Norm()
+        self.whitening: nn.Linear | None = None
 
     @property
     def feature_dim(self) -> int:
         return self.kd_dim or self.dims
+
+    @property
+    def out_dims(self) -> int:
+        """The width of what ``forward`` returns: the whitening's when there is one."""
+        return self.whitening.out_features if self.whitening is not None else self.dims
+
+    def set_whitening(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """descriptor -> L2(weight @ descriptor + bias): a fixed map (never trained)."""
+        out, width = weight.shape
+        if width != self.dims or bias.shape != (out,):
+            raise ModelSpecError(f"a whitening of shape {tuple(weight.shape)} + {tuple(bias.shape)} does "
+                                 f"not fit a {self.dims}-d descriptor")
+        layer = nn.Linear(width, out)
+        with torch.no_grad():
+            layer.weight.copy_(weight)
+            layer.bias.copy_(bias)
+        self.whitening = layer.requires_grad_(False)
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(feature, descriptor), both L2-normalised; the same tensor unless in compact mode."""
@@ -234,7 +255,8 @@ class EmbeddingModel(nn.Module):
         return self.norm(feature), self.norm(self.projector(feature))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)[1]
+        descriptor = self.features(x)[1]
+        return descriptor if self.whitening is None else self.norm(self.whitening(descriptor))
 
 
 class PixelModel(nn.Module):

@@ -271,9 +271,10 @@ class StudentFile:
     head_norm: str
     state: dict
     resize: str | None
+    whitening: dict | None = None  # {"weight", "bias"}: the fitted PCA whitening (train/whitening.py)
 
     def build(self, path: Path) -> EmbeddingModel:
-        """The student with these weights (errors name ``path``)."""
+        """The student with these weights and its whitening, if any (errors name ``path``)."""
         from copydistill.models.teachers import load_checked
 
         try:
@@ -282,6 +283,12 @@ class StudentFile:
         except ModelSpecError as err:
             raise ModelSpecError(f"{path}: {err}") from err
         load_checked(model, self.state, path, f"the student {self.arch} ({self.dims}-d)")
+        if self.whitening is not None:
+            try:
+                model.set_whitening(self.whitening["weight"], self.whitening["bias"])
+            except (KeyError, TypeError, AttributeError, ModelSpecError) as err:
+                raise ModelSpecError(f"{path}: its whitening does not load ({err}); refit it with "
+                                     "copydistill whiten, or use the file without it") from err
         return model
 
 
@@ -298,8 +305,9 @@ def read_student(path: Path) -> StudentFile:
         resize = meta.get("val_resize")
     else:
         raise ModelSpecError(f"{path}: not a copydistill student (student.pt) or training checkpoint (.ckpt)")
+    whitening = data.get("whitening") if "arch" in data else None
     return StudentFile(meta["arch"], meta["dims"], meta.get("kd_dim"), meta.get("gem_p", GEM_P),
-                       meta.get("head_norm", "none"), state, resize)
+                       meta.get("head_norm", "none"), state, resize, whitening)
 
 
 def load_checkpoint(path: Path, spec: str, resize: ResizePolicy | None, device: str) -> TorchDescriptor:
@@ -307,7 +315,7 @@ def load_checkpoint(path: Path, spec: str, resize: ResizePolicy | None, device: 
     student = read_student(path)
     model = student.build(path)
     policy = resize or (ResizePolicy.parse(student.resize) if student.resize else DEFAULT_RESIZE)
-    return TorchDescriptor(PixelModel(model), spec, student.dims, policy, identity=file_sha256(path), device=device)
+    return TorchDescriptor(PixelModel(model), spec, model.out_dims, policy, identity=file_sha256(path), device=device)
 
 
 def _parse_options(text: str) -> dict[str, str]:

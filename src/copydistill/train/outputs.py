@@ -15,7 +15,7 @@ from copydistill.io.torch_files import torch_load_safely
 RESUMABLE_CHANGES = frozenset({
     "epochs", "max_steps", "workers", "log_every_n_steps", "val_every_n_epochs",
     "checkpoint_every_n_steps", "export", "val_data", "accelerator", "devices", "num_nodes",
-    "precision", "cache_dir",
+    "precision", "cache_dir", "whiten_dims", "whiten_shrinkage", "whiten_images", "whiten_max_images",
 })
 # what must agree for a checkpoint's weights to fit the model the config builds
 MODEL_KEYS = ("arch", "dims", "kd_dim", "contrastive", "teacher")

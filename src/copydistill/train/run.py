@@ -93,18 +93,31 @@ class ViewsData(L.LightningDataModule):
 
 
 class ExportStudent(Callback):
-    """At the end: the final student as ``student.pt`` and TorchScript/ONNX exports (and the best)."""
+    """At the end: the final student as ``student.pt`` (whitened when ``whiten_dims`` is set,
+    train/whitening.py) and TorchScript/ONNX exports (and the same for the best)."""
 
-    def __init__(self, out: Path, formats: list[str]):
-        self.out, self.formats = out, formats
+    def __init__(self, out: Path, config: TrainConfig, progress: bool = True):
+        self.out, self.config, self.progress = out, config, progress
 
     def on_train_end(self, trainer, module) -> None:
         if trainer.global_rank != 0:
             return
         save_student(module, self.out / "final" / STUDENT_FILE)
-        export_student_files(self.out / "final", self.formats)
-        if (self.out / "best" / STUDENT_FILE).is_file():
-            export_student_files(self.out / "best", self.formats)
+        folders = [self.out / "final"] + ([self.out / "best"] if (self.out / "best" / STUDENT_FILE).is_file() else [])
+        for folder in folders:
+            if self.config.student.whiten_dims:
+                whiten_trained_student(folder / STUDENT_FILE, self.config, self.progress)
+            export_student_files(folder, self.config.trainer.export)
+
+
+def whiten_trained_student(path: Path, config: TrainConfig, progress: bool = True) -> None:
+    from copydistill.train.whitening import whiten_student
+
+    s = config.student
+    images = s.whiten_images or config.data.train_images
+    fit = whiten_student(path, images, s.whiten_dims, s.whiten_shrinkage, s.whiten_max_images,
+                         seed=config.trainer.seed, progress=progress)
+    print(f"{path}: whitened to {fit.dims} dims on {fit.images} images of {images}", flush=True)
 
 
 def export_student_files(folder: Path, formats: list[str]) -> list[Path]:
@@ -235,7 +248,7 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
                         **({"every_n_train_steps": trainer.checkpoint_every_n_steps}
                            if trainer.checkpoint_every_n_steps else {"every_n_epochs": 1})),
         LearningRateMonitor(logging_interval="step"),
-        ExportStudent(out, trainer.export),
+        ExportStudent(out, config, progress),
     ]
     if data.val_data:
         callbacks.insert(0, DiscValidation(data.val_data, data.val_resize, trainer.val_every_n_epochs, out,

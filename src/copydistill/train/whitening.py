@@ -1,0 +1,101 @@
+"""PCA whitening of a trained student's descriptor, fitted on train images and baked into the
+student file (and so into its ONNX/TorchScript exports): descriptor -> L2(A·descriptor + b).
+
+A student trained for a few hundred steps has descriptors that share one large component and
+spread over a few directions (cosine ~0.9 between unrelated images), so cosine similarity is
+dominated by them; the distilled students most (their raw µAP understates what they learned).
+Whitening on the train split — the DISC protocol's use of training images, like score
+normalisation (method.md §4.1) — equalises the directions. The fit is FAISS's ``PCAMatrix``
+(eigen power -1/2) with shrinkage: ``epsilon`` = shrinkage x the mean eigenvalue is added to
+every eigenvalue before the inverse square root, so directions the train images barely span are
+not blown up. Measurements: docs/quickstart.md, seventh round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+
+from copydistill.errors import CopydistillError, ModelSpecError
+from copydistill.io.atomic import atomic_write
+from copydistill.io.records import folder_records
+
+DEFAULT_MAX_IMAGES = 20000
+
+
+def fit_whitening(vectors: np.ndarray, dims: int, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
+    """(weight (dims, d), bias (dims,)) of the PCA whitening of ``vectors`` (n, d), n > dims."""
+    n, d = vectors.shape
+    if not 1 <= dims <= d:
+        raise CopydistillError(f"whitening to {dims} dims: use 1 to {d} (the descriptor's width)")
+    if n <= dims:
+        raise CopydistillError(f"a {dims}-d whitening needs more than {dims} images, got {n}; "
+                               "use more images (whiten_images) or fewer dims (whiten_dims)")
+    if not shrinkage > 0:  # float32 eigen-decompositions give the smallest eigenvalues as ~0 or below
+        raise CopydistillError(f"whiten_shrinkage={shrinkage} must be > 0 (e.g. 0.001 for almost none)")
+    pca = faiss.PCAMatrix(d, dims, -0.5)
+    pca.train(np.ascontiguousarray(vectors, dtype=np.float32))
+    pca.epsilon = shrinkage * float(faiss.vector_to_array(pca.eigenvalues).mean())
+    pca.prepare_Ab()  # A and b again, with the shrinkage
+    weight = faiss.vector_to_array(pca.A).reshape(dims, d)
+    bias = faiss.vector_to_array(pca.b)
+    if not (np.all(np.isfinite(weight)) and np.all(np.isfinite(bias))):
+        raise CopydistillError("the whitening is not finite (the images' descriptors are degenerate); "
+                               "raise whiten_shrinkage or leave whiten_dims at 0")
+    return weight.astype(np.float32), bias.astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class WhiteningFit:
+    dims: int
+    images: int
+    folder: str
+    shrinkage: float
+
+
+def whiten_student(path: str | Path, images: str | Path, dims: int | None = None, shrinkage: float = 0.1,
+                   max_images: int = DEFAULT_MAX_IMAGES, seed: int = 0, out: str | Path | None = None,
+                   progress: bool = True) -> WhiteningFit:
+    """Fit the whitening of the student in ``path`` (a ``student.pt``) on up to ``max_images``
+    images of ``images`` (a seeded sample), embedded at the student's own resize, and write the
+    student with it to ``out`` (default: ``path``, atomically). A student already whitened is
+    refitted from its unwhitened descriptor."""
+    from copydistill.eval.embed import embed_records
+    from copydistill.models.backbones import PixelModel
+    from copydistill.models.descriptor import ResizePolicy
+    from copydistill.models.registry import DEFAULT_RESIZE, read_student
+    from copydistill.models.teachers import load_weights
+    from copydistill.models.torch_descriptor import TorchDescriptor
+
+    path = Path(path)
+    try:
+        student = read_student(path)
+        data = load_weights(path)
+    except ModelSpecError as err:
+        raise CopydistillError(str(err)) from err
+    if "arch" not in data:
+        raise CopydistillError(f"{path}: whitening needs a student.pt (copydistill train writes one in "
+                               "final/), not a training checkpoint")
+    dims = dims or student.dims
+    model = dataclasses.replace(student, whitening=None).build(path)
+    policy = ResizePolicy.parse(student.resize) if student.resize else DEFAULT_RESIZE
+    descriptor = TorchDescriptor(PixelModel(model), "student", student.dims, policy, identity="whitening")
+    records = folder_records(images)
+    if not records:
+        raise CopydistillError(f"{images}: no images to fit the whitening on")
+    if len(records) > max_images:
+        pick = np.sort(np.random.default_rng(seed).choice(len(records), max_images, replace=False))
+        records = [records[i] for i in pick]
+    vectors = embed_records(descriptor, records, None, desc="whitening images", progress=progress).vectors
+    weight, bias = fit_whitening(vectors, dims, shrinkage)
+    data = dict(data)
+    data["whitening"] = {"weight": torch.from_numpy(weight), "bias": torch.from_numpy(bias)}
+    fit = WhiteningFit(dims, len(vectors), str(images), float(shrinkage))
+    data["whitening_fit"] = dataclasses.asdict(fit)
+    with atomic_write(Path(out or path), "wb") as handle:
+        torch.save(data, handle)
+    return fit
