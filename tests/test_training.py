@@ -537,24 +537,37 @@ def test_exported_student_loads_as_onnx_and_ckpt_with_same_vectors(trained):
     assert (np.sum(b * c, axis=1) > 0.9999).all()
 
 
-def test_whiten_dims_bakes_the_whitening_into_the_final_student_and_its_export(images, tmp_path):
+def test_whiten_dims_bakes_the_whitening_into_the_final_student_and_its_export(images, tmp_path, capsys):
     from copydistill.data.procedural import procedural_image
     from copydistill.models.registry import load_descriptor
-    from copydistill.train.run import train
+    from copydistill.train.run import train, whiten_trained_student
 
-    out = train(_config(images, tmp_path / "run", "epochs=1", "export=[onnx]", "whiten_dims=8"), progress=False)
+    config = _config(images, tmp_path / "run", "epochs=1", "export=[onnx]", "whiten_dims=16")
+    out = train(config, progress=False)
+    # 12 train images whiten at most 11 dims: the run says so and whitens those
+    assert f"whitened to 11 dims on {N_IMAGES} images" in capsys.readouterr().out
     stored = torch.load(out / "final" / "student.pt", weights_only=True)
-    assert stored["whitening"]["weight"].shape == (8, 32)
+    assert stored["whitening"]["weight"].shape == (11, 32)
     assert stored["whitening_fit"]["images"] == N_IMAGES and stored["whitening_fit"]["folder"] == str(images)
     pictures = [procedural_image(100 + i, long_side=(64, 96)) for i in range(3)]
     ckpt = load_descriptor(f"ckpt:{out / 'final' / 'student.pt'}")
     onnx = load_descriptor(f"onnx:{out / 'final' / 'student.onnx'}")
-    assert ckpt.dims == onnx.dims == 8
+    assert ckpt.dims == onnx.dims == 11
     assert (np.sum(ckpt.embed_images(pictures) * onnx.embed_images(pictures), axis=1) > 0.999).all()
     # the training checkpoint keeps the raw 32-d student (resume and init_student see no whitening)
     assert load_descriptor(f"ckpt:{out / 'checkpoints' / 'last.ckpt'}").dims == 32
     with pytest.raises(CopydistillError, match="whiten_dims=40 is out of range"):
         load_config(None, ["dims=32", "whiten_dims=40"])
+
+    # a whitening that cannot be fitted keeps the student as it was, and says how to fit it later
+    empty = tmp_path / "no_images"
+    empty.mkdir()
+    before = (out / "final" / "student.pt").read_bytes()
+    whiten_trained_student(out / "final" / "student.pt", config.replace(whiten_images=str(empty)), progress=False)
+    printed = capsys.readouterr().out
+    assert "not whitened" in printed and "no images to fit the whitening on" in printed
+    assert "copydistill whiten --model" in printed
+    assert (out / "final" / "student.pt").read_bytes() == before
 
 
 def _train_with_stop_after_first_epoch(config, monkeypatch):

@@ -106,7 +106,11 @@ def run_quickstart(out: str | Path, size: str = "small", seed: int = 0, recipe: 
         f"Students trained {config.trainer.epochs} epochs on the benchmark's train split only "
         f"({data.cached_views} cached {data.image_size}px ADVANCED views per image, seen by the "
         f"student at {student.input_size or data.image_size}px), the KD "
-        f"student with {kd_text} + InfoNCE/KoLeo, the SSCD-only student with InfoNCE/KoLeo alone.</p>"
+        f"student with {kd_text} + InfoNCE/KoLeo, the SSCD-only student with InfoNCE/KoLeo alone"
+        + (f"; after training, both students' descriptors are PCA-whitened to {student.whiten_dims} "
+           f"dims (shrinkage {student.whiten_shrinkage}), fitted on the train split and baked into "
+           "the exported models (the untrained student is not)" if student.whiten_dims else "")
+        + ".</p>"
     )
     report = write_report(results, out / "report.html", title="copydistill quickstart", intro=intro)
     summaries = [r.summary() for r in results]

@@ -111,13 +111,21 @@ class ExportStudent(Callback):
 
 
 def whiten_trained_student(path: Path, config: TrainConfig, progress: bool = True) -> None:
+    """``whiten_dims``: fit the whitening into ``path``. A failure leaves the raw student (and
+    its exports) in place and says how to fit it later: the training is never lost."""
     from copydistill.train.whitening import whiten_student
 
     s = config.student
     images = s.whiten_images or config.data.train_images
-    fit = whiten_student(path, images, s.whiten_dims, s.whiten_shrinkage, s.whiten_max_images,
-                         seed=config.trainer.seed, progress=progress)
-    print(f"{path}: whitened to {fit.dims} dims on {fit.images} images of {images}", flush=True)
+    try:
+        fit = whiten_student(path, images, s.whiten_dims, s.whiten_shrinkage, s.whiten_max_images,
+                             seed=config.trainer.seed, progress=progress, clamp=True)
+    except CopydistillError as err:
+        print(f"{path}: not whitened ({err}); the raw student is kept and exported. Fit it later "
+              f"with `copydistill whiten --model {path} --images DIR`", flush=True)
+        return
+    fewer = f" (whiten_dims={s.whiten_dims}: only {fit.images} images)" if fit.dims < s.whiten_dims else ""
+    print(f"{path}: whitened to {fit.dims} dims on {fit.images} images of {images}{fewer}", flush=True)
 
 
 def export_student_files(folder: Path, formats: list[str]) -> list[Path]:

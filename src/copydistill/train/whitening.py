@@ -59,11 +59,12 @@ class WhiteningFit:
 
 def whiten_student(path: str | Path, images: str | Path, dims: int | None = None, shrinkage: float = 0.1,
                    max_images: int = DEFAULT_MAX_IMAGES, seed: int = 0, out: str | Path | None = None,
-                   progress: bool = True) -> WhiteningFit:
+                   progress: bool = True, clamp: bool = False) -> WhiteningFit:
     """Fit the whitening of the student in ``path`` (a ``student.pt``) on up to ``max_images``
     images of ``images`` (a seeded sample), embedded at the student's own resize, and write the
     student with it to ``out`` (default: ``path``, atomically). A student already whitened is
-    refitted from its unwhitened descriptor."""
+    refitted from its unwhitened descriptor. ``clamp``: with no more images than ``dims``,
+    whiten to one dim fewer than there are images instead of refusing."""
     from copydistill.eval.embed import embed_records
     from copydistill.models.backbones import PixelModel
     from copydistill.models.descriptor import ResizePolicy
@@ -91,6 +92,8 @@ def whiten_student(path: str | Path, images: str | Path, dims: int | None = None
         pick = np.sort(np.random.default_rng(seed).choice(len(records), max_images, replace=False))
         records = [records[i] for i in pick]
     vectors = embed_records(descriptor, records, None, desc="whitening images", progress=progress).vectors
+    if clamp and len(vectors) <= dims:
+        dims = len(vectors) - 1  # a small image set: as many dims as it can whiten
     weight, bias = fit_whitening(vectors, dims, shrinkage)
     data = dict(data)
     data["whitening"] = {"weight": torch.from_numpy(weight), "bias": torch.from_numpy(bias)}
