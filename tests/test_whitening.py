@@ -44,6 +44,15 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+def test_library_and_config_defaults_agree():
+    from copydistill.config import load_config
+    from copydistill.train.whitening import DEFAULT_MAX_IMAGES, DEFAULT_SHRINKAGE
+
+    student = load_config(None, []).student
+    assert (student.whiten_shrinkage, student.whiten_max_images) == (DEFAULT_SHRINKAGE, DEFAULT_MAX_IMAGES)
+    assert student.whiten_dims == 0  # off unless a recipe asks
+
+
 def test_fit_whitening_decorrelates_the_vectors_it_is_fitted_on():
     from copydistill.train.whitening import fit_whitening
 

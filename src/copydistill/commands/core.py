@@ -230,15 +230,15 @@ def cmd_export(args) -> None:
 
 
 def whiten_args(p) -> None:
-    from copydistill.train.whitening import DEFAULT_MAX_IMAGES
+    from copydistill.train.whitening import DEFAULT_MAX_IMAGES, DEFAULT_SHRINKAGE
 
     p.add_argument("--model", type=Path, required=True, metavar="STUDENT.pt",
                    help="a student.pt that copydistill train wrote (final/ or best/)")
     p.add_argument("--images", type=Path, required=True,
                    help="images to fit on: the train split (never the references or queries)")
     p.add_argument("--dims", type=argtypes.positive, default=None, help="whitened width (default: all)")
-    p.add_argument("--shrinkage", type=argtypes.positive_number, default=0.1,
-                   help="x the mean eigenvalue, added to every eigenvalue (default 0.1)")
+    p.add_argument("--shrinkage", type=argtypes.positive_number, default=DEFAULT_SHRINKAGE,
+                   help=f"x the mean eigenvalue, added to every eigenvalue (default {DEFAULT_SHRINKAGE})")
     p.add_argument("--max-images", type=argtypes.integer(2), default=DEFAULT_MAX_IMAGES)
     p.add_argument("--seed", type=argtypes.seed, default=0, help="of the image sample")
     p.add_argument("--out", type=Path, default=None, help="write here (default: replace --model)")

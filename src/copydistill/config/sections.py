@@ -60,7 +60,7 @@ class StudentConfig:
     # after training: PCA whitening fitted on train images, baked into student.pt and its exports
     # (train/whitening.py); 0 = off, else the whitened width (<= dims)
     whiten_dims: int = 0
-    whiten_shrinkage: float = 0.1  # x the mean eigenvalue, added to every eigenvalue
+    whiten_shrinkage: float = 0.03  # x the mean eigenvalue, added to every eigenvalue
     whiten_images: str | None = None  # the images to fit it on (None: data.train_images)
     whiten_max_images: int = 20000  # a seeded sample of at most this many
 

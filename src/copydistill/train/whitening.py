@@ -24,7 +24,8 @@ from copydistill.errors import CopydistillError, ModelSpecError
 from copydistill.io.atomic import atomic_write
 from copydistill.io.records import folder_records
 
-DEFAULT_MAX_IMAGES = 20000
+DEFAULT_MAX_IMAGES = 20000  # = StudentConfig.whiten_max_images
+DEFAULT_SHRINKAGE = 0.03  # = StudentConfig.whiten_shrinkage (docs/quickstart.md, seventh round)
 
 
 def fit_whitening(vectors: np.ndarray, dims: int, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
@@ -57,7 +58,7 @@ class WhiteningFit:
     shrinkage: float
 
 
-def whiten_student(path: str | Path, images: str | Path, dims: int | None = None, shrinkage: float = 0.1,
+def whiten_student(path: str | Path, images: str | Path, dims: int | None = None, shrinkage: float = DEFAULT_SHRINKAGE,
                    max_images: int = DEFAULT_MAX_IMAGES, seed: int = 0, out: str | Path | None = None,
                    progress: bool = True, clamp: bool = False) -> WhiteningFit:
     """Fit the whitening of the student in ``path`` (a ``student.pt``) on up to ``max_images``
