@@ -52,15 +52,18 @@ def fit_whitening(vectors: np.ndarray, dims: int, shrinkage: float) -> tuple[np.
 
 @dataclasses.dataclass(frozen=True)
 class WhiteningFit:
+    """What a whitening was fitted on (stored in the student file as ``whitening_fit``)."""
+
     dims: int
     images: int
     folder: str
     shrinkage: float
 
 
-def whiten_student(path: str | Path, images: str | Path, dims: int | None = None, shrinkage: float = DEFAULT_SHRINKAGE,
-                   max_images: int = DEFAULT_MAX_IMAGES, seed: int = 0, out: str | Path | None = None,
-                   progress: bool = True, clamp: bool = False) -> WhiteningFit:
+def whiten_student(path: str | Path, images: str | Path, dims: int | None = None,
+                   shrinkage: float = DEFAULT_SHRINKAGE, max_images: int = DEFAULT_MAX_IMAGES,
+                   seed: int = 0, out: str | Path | None = None, progress: bool = True,
+                   clamp: bool = False) -> WhiteningFit:
     """Fit the whitening of the student in ``path`` (a ``student.pt``) on up to ``max_images``
     images of ``images`` (a seeded sample), embedded at the student's own resize, and write the
     student with it to ``out`` (default: ``path``, atomically). A student already whitened is
