@@ -107,7 +107,7 @@ def run_quickstart(out: str | Path, size: str = "small", seed: int = 0, recipe: 
         f"({data.cached_views} cached {data.image_size}px ADVANCED views per image, seen by the "
         f"student at {student.input_size or data.image_size}px), the KD "
         f"student with {kd_text} + InfoNCE/KoLeo, the SSCD-only student with InfoNCE/KoLeo alone"
-        + (f"; after training, both students' descriptors are PCA-whitened to {student.whiten_dims} "
+        + (f"; after training, both students' descriptors are PCA-whitened to at most {student.whiten_dims} "
            f"dims (shrinkage {student.whiten_shrinkage}), fitted on the train split and baked into "
            "the exported models (the untrained student is not)" if student.whiten_dims else "")
         + ".</p>"
