@@ -248,8 +248,7 @@ class DataConfig:
         _check_range(self, "image_size", 16, 8192)
         _check_range(self, "workers", 0)
         _check_range(self, "cached_views", 0)
-        if self.view_seed is not None:
-            _check_range(self, "view_seed", 0, 2**32 - 1)
+        _check_range(self, "view_seed", 0, 2**32 - 1)
         if self.augment_device not in AUGMENT_DEVICES:
             raise CopydistillError(f"augment_device={self.augment_device!r}; use {' or '.join(AUGMENT_DEVICES)}")
         if self.augment_device == "gpu" and self.cached_views:

@@ -292,11 +292,12 @@ class StudentFile:
         return model
 
 
-def read_student(path: Path) -> StudentFile:
-    """``student.pt`` (from ``train``) or a Lightning ``.ckpt`` of a copydistill training."""
+def read_student(path: Path, data: dict | None = None) -> StudentFile:
+    """``student.pt`` (from ``train``) or a Lightning ``.ckpt`` of a copydistill training
+    (``data``: the file's contents when the caller has already loaded them)."""
     from copydistill.models.teachers import load_weights
 
-    data = load_weights(path)
+    data = load_weights(path) if data is None else data
     if "state_dict" in data and "arch" in data:  # student.pt
         meta, state, resize = data, data["state_dict"], data.get("resize")
     elif "hyper_parameters" in data and "config" in data["hyper_parameters"]:  # Lightning checkpoint

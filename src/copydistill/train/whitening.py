@@ -78,8 +78,8 @@ def whiten_student(path: str | Path, images: str | Path, dims: int | None = None
 
     path = Path(path)
     try:
-        student = read_student(path)
         data = load_weights(path)
+        student = read_student(path, data)
     except ModelSpecError as err:
         raise CopydistillError(str(err)) from err
     if "arch" not in data:
