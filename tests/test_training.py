@@ -831,6 +831,27 @@ def test_clean_target_keys_are_the_unedited_images_keys(images, tmp_path):
     assert "train/kd" in log.splitlines()[0]
 
 
+def test_clean_keys_take_known_embeddings_and_embed_only_the_rest(images, tmp_path):
+    """The quickstart hands the teacher's evaluation of the train split to ``image_teacher_keys``:
+    the rows it has are taken as they are, the missing images embedded, the result cached."""
+    from copydistill.io.embeddings import Embeddings
+    from copydistill.io.images import list_images, load_image
+    from copydistill.models import load_descriptor
+    from copydistill.train.data import image_teacher_keys
+
+    teacher = load_descriptor("mobilenetv4_conv_small:dims=32,seed=3")
+    paths = list_images(images)
+    marked = np.full((N_IMAGES - 2, 32), 0.5, np.float32)  # not what the teacher computes: must be taken
+    known = Embeddings([f"T{i}" for i in range(2, N_IMAGES)], marked, [str(p) for p in paths[2:]])
+    keys = image_teacher_keys(images, teacher, tmp_path, progress=False, known=known)
+    np.testing.assert_array_equal(keys[2:], marked)
+    np.testing.assert_allclose(keys[:2], teacher.embed_images([load_image(p) for p in paths[:2]]), atol=1e-5)
+    np.testing.assert_array_equal(np.load(next(tmp_path.glob("image-keys-*.npy"))), keys)
+    wrong_width = Embeddings(known.ids, np.zeros((N_IMAGES - 2, 8), np.float32), known.paths)
+    fresh = image_teacher_keys(images, teacher, tmp_path / "other", progress=False, known=wrong_width)
+    np.testing.assert_allclose(fresh[2:4], teacher.embed_images([load_image(p) for p in paths[2:4]]), atol=1e-5)
+
+
 def test_with_image_keys_gives_both_views_their_images_key():
     from copydistill.errors import CopydistillError
     from copydistill.train.data import CachedTeacherViews, WithImageKeys

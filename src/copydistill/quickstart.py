@@ -24,6 +24,7 @@ from copydistill.eval.disc import evaluate_disc, format_table
 from copydistill.eval.report import write_report
 from copydistill.io.atomic import atomic_write_bytes, atomic_write_text
 from copydistill.models import load_descriptor
+from copydistill.train.data import image_teacher_keys
 from copydistill.train.run import STUDENT_FILE, train
 
 RECIPE = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
@@ -52,7 +53,11 @@ def run_quickstart(out: str | Path, size: str = "small", seed: int = 0, recipe: 
 
     _stage(2, f"evaluating the teacher {kd.teacher}", start)
     t0 = time.perf_counter()
-    results = [evaluate_disc(layout, load_descriptor(kd.teacher), out / "eval" / "teacher")]
+    teacher = load_descriptor(kd.teacher)
+    results = [evaluate_disc(layout, teacher, out / "eval" / "teacher")]
+    if kd.target == "clean":  # the train split's keys just computed are the KD targets: cache them
+        image_teacher_keys(layout.train, teacher, data.cache_dir, progress=False,
+                           known=results[0].embeddings.get("train"))
     timings["teacher eval"] = time.perf_counter() - t0
 
     _stage(3, f"distilling {kd.teacher} into {student.arch} ({config.trainer.epochs} epochs)", start)

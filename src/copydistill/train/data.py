@@ -18,6 +18,7 @@ from tqdm import tqdm
 from copydistill.augment.sscd import SSCDAugment, view_rng
 from copydistill.errors import CopydistillError, ImageError
 from copydistill.io.atomic import atomic_write, atomic_write_text
+from copydistill.io.embeddings import Embeddings
 from copydistill.io.images import list_images, load_image
 from copydistill.models.descriptor import Descriptor
 from copydistill.train.copies import pair_order
@@ -187,9 +188,11 @@ class WithImageKeys(Dataset):
 
 
 def image_teacher_keys(folder: str | Path, teacher: Descriptor, cache_dir: str | Path,
-                       progress: bool = True) -> np.ndarray:
+                       progress: bool = True, known: Embeddings | None = None) -> np.ndarray:
     """The teacher's key of every unedited training image at the teacher's own resize policy
-    (``sscd-int8``: short side 288), ``(N, D)``, cached on disk by images and teacher."""
+    (``sscd-int8``: short side 288), ``(N, D)``, cached on disk by images and teacher. ``known``:
+    the same teacher's embeddings of some of these files (e.g. the quickstart's evaluation of the
+    train split, the same computation): their vectors are taken, the other images are embedded."""
     paths = list_images(folder)
     digest = _files_digest(paths)
     digest.update(json.dumps(teacher.fingerprint(), sort_keys=True).encode())
@@ -197,10 +200,20 @@ def image_teacher_keys(folder: str | Path, teacher: Descriptor, cache_dir: str |
     if path.is_file():
         return np.load(path)
     keys = np.zeros((len(paths), teacher.dims), np.float32)
-    for i, p in enumerate(tqdm(paths, desc=f"teacher {teacher.name} (unedited images)", unit="img",
-                               disable=not progress)):
+    given = {}
+    if known is not None and known.paths and known.dims == teacher.dims:
+        given = {str(Path(p).resolve()): i for i, p in enumerate(known.paths)}
+    todo = []
+    for i, p in enumerate(paths):
+        row = given.get(str(p.resolve()))
+        if row is None:
+            todo.append(i)
+        else:
+            keys[i] = known.vectors[row]
+    for i in tqdm(todo, desc=f"teacher {teacher.name} (unedited images)", unit="img",
+                  disable=not progress or not todo):
         try:
-            keys[i] = teacher.embed_images([load_image(p)])[0]
+            keys[i] = teacher.embed_images([load_image(paths[i])])[0]
         except ImageError:
             keys[i] = 0.0  # an unreadable image: its views are another image's (TwoViewImages.load)
     path.parent.mkdir(parents=True, exist_ok=True)
