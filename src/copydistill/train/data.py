@@ -200,13 +200,12 @@ def image_teacher_keys(folder: str | Path, teacher: Descriptor, cache_dir: str |
     if path.is_file():
         return np.load(path)
     keys = np.zeros((len(paths), teacher.dims), np.float32)
-    given = {}
-    if known is not None and known.paths and known.dims == teacher.dims:
-        given = {str(Path(p).resolve()): i for i, p in enumerate(known.paths)}
+    rows = {}  # resolved path -> row of ``known``
+    if known is not None and known.dims == teacher.dims:
+        rows = {str(Path(p).resolve()): i for i, p in enumerate(known.paths)}
     todo = []
     for i, p in enumerate(paths):
-        row = given.get(str(p.resolve()))
-        if row is None:
+        if (row := rows.get(str(p.resolve()))) is None:
             todo.append(i)
         else:
             keys[i] = known.vectors[row]
