@@ -540,7 +540,7 @@ def test_exported_student_loads_as_onnx_and_ckpt_with_same_vectors(trained):
 def test_whiten_dims_bakes_the_whitening_into_the_final_student_and_its_export(images, tmp_path, capsys):
     from copydistill.data.procedural import procedural_image
     from copydistill.models.registry import load_descriptor
-    from copydistill.train.run import train, whiten_trained_student
+    from copydistill.train.run import train, whiten_trained_student, whitening_shrinkage
 
     config = _config(images, tmp_path / "run", "epochs=1", "export=[onnx]", "whiten_dims=16")
     out = train(config, progress=False)
@@ -558,6 +558,19 @@ def test_whiten_dims_bakes_the_whitening_into_the_final_student_and_its_export(i
     assert load_descriptor(f"ckpt:{out / 'checkpoints' / 'last.ckpt'}").dims == 32
     with pytest.raises(CopydistillError, match="whiten_dims=40 is out of range"):
         load_config(None, ["dims=32", "whiten_dims=40"])
+
+    # a distilled student is whitened with whiten_shrinkage_distilled when it is set
+    assert stored["whitening_fit"]["shrinkage"] == pytest.approx(0.03)
+    distilled = config.replace(teacher="sscd-int8", whiten_shrinkage_distilled=0.003)
+    assert whitening_shrinkage(distilled) == 0.003
+    assert whitening_shrinkage(distilled.replace(teacher=None)) == 0.03  # no teacher: whiten_shrinkage
+    assert whitening_shrinkage(distilled.replace(whiten_shrinkage_distilled=None)) == 0.03
+    whiten_trained_student(out / "final" / "student.pt", distilled, progress=False)
+    refitted = torch.load(out / "final" / "student.pt", weights_only=True)
+    assert refitted["whitening_fit"]["shrinkage"] == pytest.approx(0.003)
+    assert not torch.allclose(refitted["whitening"]["weight"], stored["whitening"]["weight"])
+    with pytest.raises(CopydistillError, match="whiten_shrinkage_distilled=0.0 is out of range"):
+        load_config(None, ["whiten_shrinkage_distilled=0"])
 
     # a whitening that cannot be fitted keeps the student as it was, and says how to fit it later
     empty = tmp_path / "no_images"
@@ -934,6 +947,19 @@ def test_kd_predictor_is_trained_with_the_student_and_not_exported(predictor):
     head = module.kd_head.weight if predictor == "linear" else module.kd_head[0].weight
     assert head.grad is not None and head.grad.abs().sum() > 0
     assert not any(k.startswith("kd_head") for k in module.student.state_dict())
+
+
+def test_kd_predictor_batchnorm_centres_the_distilled_feature_and_keeps_its_width():
+    from copydistill.train.distillation import kd_predictor
+
+    head = kd_predictor("batchnorm", 8, 8).train()
+    assert not list(head.parameters())  # nothing learnt: a per-batch standardisation
+    features = F.normalize(torch.randn(32, 8) + 3.0, dim=1)  # a shared direction, as a fresh student's
+    centred = head(features)
+    assert features.mean(0).norm() > 0.9 and centred.mean(0).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="keeps the width"):
+        kd_predictor("batchnorm", 8, 16)
+    assert options(teacher="x", kd_predictor="batchnorm").distillation.predictor == "batchnorm"
 
 
 def test_head_norm_batchnorm_centres_a_fresh_student_and_round_trips(tmp_path):

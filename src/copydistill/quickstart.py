@@ -25,7 +25,7 @@ from copydistill.eval.report import write_report
 from copydistill.io.atomic import atomic_write_bytes, atomic_write_text
 from copydistill.models import load_descriptor
 from copydistill.train.data import image_teacher_keys
-from copydistill.train.run import STUDENT_FILE, train
+from copydistill.train.run import STUDENT_FILE, train, whitening_shrinkage
 
 RECIPE = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
 
@@ -113,7 +113,8 @@ def run_quickstart(out: str | Path, size: str = "small", seed: int = 0, recipe: 
         f"student at {student.input_size or data.image_size}px), the KD "
         f"student with {kd_text} + InfoNCE/KoLeo, the SSCD-only student with InfoNCE/KoLeo alone"
         + (f"; after training, both students' descriptors are PCA-whitened to at most {student.whiten_dims} "
-           f"dims (shrinkage {student.whiten_shrinkage}), fitted on the train split and baked into "
+           f"dims (shrinkage {whitening_shrinkage(config)} for the KD student, {student.whiten_shrinkage} "
+           "for the SSCD-only one), fitted on the train split and baked into "
            "the exported models (the untrained student is not)" if student.whiten_dims else "")
         + ".</p>"
     )

@@ -61,6 +61,9 @@ class StudentConfig:
     # (train/whitening.py); 0 = off, else the whitened width (<= dims)
     whiten_dims: int = 0
     whiten_shrinkage: float = 0.03  # x the mean eigenvalue, added to every eigenvalue
+    # a distilled student's (a teacher set; None: whiten_shrinkage): it keeps the teacher's signal
+    # in directions the shrinkage damps (docs/quickstart.md, ninth round)
+    whiten_shrinkage_distilled: float | None = None
     whiten_images: str | None = None  # the images to fit it on (None: data.train_images)
     whiten_max_images: int = 20000  # a seeded sample of at most this many
 
@@ -81,6 +84,7 @@ class StudentConfig:
         _check_choice(self, "head_norm", HEAD_NORMS)
         _check_range(self, "whiten_dims", 0, self.dims)
         _check_range(self, "whiten_shrinkage", 0, inclusive=False)
+        _check_range(self, "whiten_shrinkage_distilled", 0, inclusive=False)
         _check_range(self, "whiten_max_images", 2)
         if self.input_size is not None and self.input_size < 16:
             raise CopydistillError(f"student_size={self.input_size} must be >= 16 (or null)")
@@ -166,7 +170,7 @@ class DistillationConfig:
     views: str = "both"  # views the teacher sees: both (§2.4) | query (view0 only, RDCD §3.2)
     regression_weight: float = 0.0  # >0: + w·(2 − 2cos(student, own teacher key)) (KeyRegression)
     relation_weight: float = 0.0  # >0: + w·KL of the batch's view similarities (BatchRelationDistillation)
-    predictor: str = "none"  # none: the feature itself is distilled (§2.4) | linear | mlp head
+    predictor: str = "none"  # none: the feature itself is distilled (§2.4) | linear | mlp head | batchnorm (centred)
     target: str = "view"  # view: the teacher embeds each view | clean: each unedited image once
     start_epoch: float = 0.0  # >0: KD terms weigh 0 before this epoch (the bank fills meanwhile)
     copy_threshold: float = 0.0  # >0: train images the teacher sees as copies (cosine above) are

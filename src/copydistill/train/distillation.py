@@ -22,14 +22,21 @@ from copydistill.train.module import DescriptorModule
 from copydistill.train.objectives import ObjectiveOutput
 from copydistill.train.teacher import TeacherKeys
 
-PREDICTORS = ("none", "linear", "mlp")
+PREDICTORS = ("none", "linear", "mlp", "batchnorm")
 
 
 def kd_predictor(kind: str, width: int, teacher_dims: int) -> nn.Module:
-    """``kd_predictor``: student feature -> teacher space. Trained with the student, used by the
-    distillation terms only, never exported."""
+    """``kd_predictor``: student feature -> teacher space, used by the distillation terms only,
+    never exported. ``linear``/``mlp`` are trained with the student; ``batchnorm`` learns nothing:
+    it standardises each coordinate over the batch, so the KD terms see a fresh student's
+    descriptors without the component they all share (docs/quickstart.md, ninth round)."""
     if kind == "linear":
         return nn.Linear(width, teacher_dims)
+    if kind == "batchnorm":  # centre and scale each coordinate over the batch, nothing learnt
+        if width != teacher_dims:
+            raise ValueError(f"kd_predictor batchnorm keeps the width: the feature is {width}-d, "
+                             f"the teacher's keys {teacher_dims}-d")
+        return nn.BatchNorm1d(width, affine=False)
     if kind == "mlp":
         return nn.Sequential(nn.Linear(width, 1024), nn.BatchNorm1d(1024), nn.ReLU(inplace=True),
                              nn.Linear(1024, teacher_dims))

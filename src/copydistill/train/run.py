@@ -110,6 +110,14 @@ class ExportStudent(Callback):
             export_student_files(folder, self.config.trainer.export)
 
 
+def whitening_shrinkage(config: TrainConfig) -> float:
+    """``whiten_shrinkage_distilled`` for a student trained with a teacher, when set; else
+    ``whiten_shrinkage``."""
+    s = config.student
+    distilled = config.distillation is not None and s.whiten_shrinkage_distilled is not None
+    return s.whiten_shrinkage_distilled if distilled else s.whiten_shrinkage
+
+
 def whiten_trained_student(path: Path, config: TrainConfig, progress: bool = True) -> None:
     """``whiten_dims``: fit the whitening into ``path``. A failure leaves the raw student (and
     its exports) in place and says how to fit it later: the training is never lost."""
@@ -118,7 +126,7 @@ def whiten_trained_student(path: Path, config: TrainConfig, progress: bool = Tru
     s = config.student
     images = s.whiten_images or config.data.train_images
     try:
-        fit = whiten_student(path, images, s.whiten_dims, s.whiten_shrinkage, s.whiten_max_images,
+        fit = whiten_student(path, images, s.whiten_dims, whitening_shrinkage(config), s.whiten_max_images,
                              seed=config.trainer.seed, progress=progress, clamp=True)
     except CopydistillError as err:
         print(f"{path}: not whitened ({err}); the raw student is kept and exported. Fit it later "
