@@ -170,7 +170,7 @@ class DistillationConfig:
     views: str = "both"  # views the teacher sees: both (§2.4) | query (view0 only, RDCD §3.2)
     regression_weight: float = 0.0  # >0: + w·(2 − 2cos(student, own teacher key)) (KeyRegression)
     relation_weight: float = 0.0  # >0: + w·KL of the batch's view similarities (BatchRelationDistillation)
-    predictor: str = "none"  # none: the feature itself is distilled (§2.4) | linear | mlp head | batchnorm (centred)
+    predictor: str = "none"  # none: the feature itself (§2.4) | linear | mlp | batchnorm (centred)
     target: str = "view"  # view: the teacher embeds each view | clean: each unedited image once
     start_epoch: float = 0.0  # >0: KD terms weigh 0 before this epoch (the bank fills meanwhile)
     copy_threshold: float = 0.0  # >0: train images the teacher sees as copies (cosine above) are

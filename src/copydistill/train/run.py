@@ -126,8 +126,9 @@ def whiten_trained_student(path: Path, config: TrainConfig, progress: bool = Tru
     s = config.student
     images = s.whiten_images or config.data.train_images
     try:
-        fit = whiten_student(path, images, s.whiten_dims, whitening_shrinkage(config), s.whiten_max_images,
-                             seed=config.trainer.seed, progress=progress, clamp=True)
+        fit = whiten_student(path, images, s.whiten_dims, whitening_shrinkage(config),
+                             s.whiten_max_images, seed=config.trainer.seed, progress=progress,
+                             clamp=True)
     except CopydistillError as err:
         print(f"{path}: not whitened ({err}); the raw student is kept and exported. Fit it later "
               f"with `copydistill whiten --model {path} --images DIR`", flush=True)
