@@ -6,8 +6,6 @@ PIP    := $(VENV)/bin/pip
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-PHOTOS ?= $(HOME)/.cache/copydistill/photos/photos.jsonl
-
 .PHONY: setup test test-all quickstart cpu-student photos browser clean
 
 $(VENV)/.installed: pyproject.toml
@@ -21,18 +19,17 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # real photos offline (Debian wallpaper/photo/cut-out packages + package samples), fetched and
-# curated once; without apt-get the cache holds the package samples and benchmarks go procedural
-$(PHOTOS): | $(VENV)/.installed
+# curated once (again only when the project's source list changes: a few seconds otherwise);
+# without apt-get the cache holds the package samples and benchmarks go procedural
+photos: | $(VENV)/.installed
 	$(VENV)/bin/copydistill data photos
-
-photos: $(PHOTOS)
 
 # headless Chromium + chromedriver for the page tests (Debian's, unpacked into
 # ~/.cache/copydistill/chromium without root); never fails: without it those tests skip
 browser:
 	-$(PY_SYS) scripts/fetch_chromium.py
 
-setup: $(VENV)/.installed $(PHOTOS) browser
+setup: $(VENV)/.installed photos browser
 
 test: setup
 	$(PY) -m pytest -q -m "not slow"

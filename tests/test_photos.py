@@ -44,6 +44,34 @@ def test_library_curates_textures_and_near_copies(library):
     assert library.build(debian=False) is library  # cached: nothing is redone
 
 
+def test_package_globs_take_only_the_listed_photos(tmp_path):
+    from copydistill.data.photos import _candidates
+
+    for folder in ("usr/share/album/demo", "usr/share/album/icons", "usr/share/album/starters"):
+        (tmp_path / folder).mkdir(parents=True)
+    _photo(1).save(tmp_path / "usr/share/album/demo/a.jpg")
+    _photo(2).save(tmp_path / "usr/share/album/starters/b.jpg")
+    _photo(3).resize((120, 90)).save(tmp_path / "usr/share/album/icons/c.jpg")  # too small anyway
+    found = [p.relative_to(tmp_path).as_posix() for p in _candidates(tmp_path, "photo")]
+    assert found == ["usr/share/album/demo/a.jpg", "usr/share/album/starters/b.jpg"]
+    only = _candidates(tmp_path, "photo", ("usr/share/album/demo/*.jpg",))
+    assert [p.name for p in only] == ["a.jpg"]
+
+
+def test_a_cache_from_another_source_list_is_rebuilt_with_its_user_folders(tmp_path, photo_folder):
+    library = PhotoLibrary(tmp_path / "lib").build(debian=False, user_folders=[photo_folder],
+                                                   near_copies="phash", progress=False)
+    count = len(library.photos("photo"))
+    assert not library.stale
+    recorded = json.loads(library.sources.read_text())
+    library.sources.write_text(json.dumps(recorded | {"stamp": "an older source list"}))
+    assert library.stale
+    (library.root / "files" / library.photos("photo")[0].file).unlink()  # rebuilt, not reused
+    library.build(debian=False, near_copies="phash", progress=False)
+    assert not library.stale and len(library.photos("photo")) == count
+    assert all((library.root / "files" / p.file).is_file() for p in library.photos())
+
+
 def test_teacher_finds_near_copies_of_real_photos():
     from copydistill.data.photos import near_copy_groups, package_photo_paths
     from copydistill.io.images import load_image

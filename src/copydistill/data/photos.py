@@ -19,6 +19,7 @@ Photos of Debian's ``gcompris-qt-data`` are reserved for held-out evaluation and
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import hashlib
 import importlib.util
@@ -76,8 +77,25 @@ DEBIAN_SOURCES = {
     "lomiri-wallpapers-20.04": "photo",
     "sway-backgrounds": "photo",
     "hugin-data": "photo",
+    "kphotoalbum": "photo",
+    "tuxpaint-data": "photo",
+    "lxqt-themes": "photo",
+    "palapeli-data": "photo",
     "mypaint-data-extras": "texture",
     "tuxpaint-stamps-default": "cutout",
+}
+# Packages whose photos are only some of their images: globs (fnmatch, relative to the extracted
+# package) of the files to take; a package not listed here gives all its images. Looked at and left
+# out for now: stellarium-data (telescope images, landscapes with a transparent sky), libjxl-testdata
+# (56 MB for five photos), labelme-examples and digikam-data (one to three photos each).
+DEBIAN_PATHS = {
+    "kphotoalbum": ("usr/share/kphotoalbum/demo/*.jpg",),  # the demo album; not its category icons
+    "tuxpaint-data": ("usr/share/tuxpaint/templates/*.jpg",),  # photo templates; starters are line art
+    "lxqt-themes": tuple(f"usr/share/lxqt/wallpapers/{name}" for name in (  # the photos, not the renders
+        "Butterfly-Kenneth-Wimer.jpg", "after-the-rain.jpg", "fog.jpg", "this-is-not-windows.jpg",
+        "Valendas.png", "appleflower.png", "beam.png", "butterfly.png", "cloud.png", "drop.png",
+        "flowers.png")),
+    "palapeli-data": ("usr/share/palapeli/collection/*.jpg",),  # the puzzles' photos; not backgrounds/
 }
 RESERVED = ("gcompris",)
 DEFAULT_CACHE = Path.home() / ".cache" / "copydistill"
@@ -88,6 +106,15 @@ LOW_DETAIL = 1.0  # mean |gradient| (grey levels per pixel at 256 px) below this
 NEAR_COPY_COSINE = 0.6  # sscd-int8 cosine above this: the same photo (SSCD's copy threshold ~0.75)
 NEAR_COPY_HAMMING = 10  # pHash bits (of 64) at or below this, when the teacher is not installed
 MANIFEST = "photos.jsonl"
+SOURCES = "sources.json"  # what the cache was built from: a changed source list rebuilds it
+
+
+def sources_stamp() -> str:
+    """The project's source list and curation settings, as stored in ``SOURCES``."""
+    return json.dumps({"debian": DEBIAN_SOURCES, "paths": DEBIAN_PATHS, "python": PACKAGE_PHOTOS,
+                       "min_short_side": MIN_SHORT_SIDE, "long_side": STORED_LONG_SIDE,
+                       "low_detail": LOW_DETAIL, "near_copy": [NEAR_COPY_COSINE, NEAR_COPY_HAMMING]},
+                      sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -191,10 +218,13 @@ def _variant_key(path: Path) -> str:
     return str(path.parent / stem.lower())
 
 
-def _candidates(root: Path, kind: str) -> list[Path]:
-    """Image files of an extracted package, one per wallpaper (its largest variant)."""
+def _candidates(root: Path, kind: str, patterns: tuple[str, ...] = ()) -> list[Path]:
+    """Image files of an extracted package, one per wallpaper (its largest variant); with
+    ``patterns``, only the files matching one of them (``DEBIAN_PATHS``)."""
     best: dict[str, tuple[int, Path]] = {}
     for path in list_images(root):
+        if patterns and not any(fnmatch.fnmatchcase(path.relative_to(root).as_posix(), p) for p in patterns):
+            continue
         try:
             with Image.open(path) as opened:
                 w, h = opened.size
@@ -277,10 +307,22 @@ class PhotoLibrary:
     def __init__(self, root: str | Path = DEFAULT_CACHE / "photos"):
         self.root = Path(root)
         self.manifest = self.root / MANIFEST
+        self.sources = self.root / SOURCES
 
     @property
     def ready(self) -> bool:
         return self.manifest.is_file()
+
+    @property
+    def stale(self) -> bool:
+        """Built from another source list than this version's (or before the list was recorded)."""
+        return self._recorded().get("stamp") != sources_stamp()
+
+    def _recorded(self) -> dict:
+        try:
+            return json.loads(self.sources.read_text())
+        except (OSError, ValueError):
+            return {}
 
     def photos(self, kind: str | None = None) -> list[Photo]:
         if not self.ready:
@@ -307,12 +349,16 @@ class PhotoLibrary:
 
     def build(self, debian: bool = True, user_folders: list[Path] = (), refresh: bool = False,
               near_copies: str = "auto", progress: bool = True) -> PhotoLibrary:
-        """Fetch, curate and list every source (once; ``refresh`` starts again)."""
-        if self.ready and not refresh:
+        """Fetch, curate and list every source (once; ``refresh`` starts again, and so does a cache
+        built from another source list, keeping the user folders it was built with)."""
+        if self.ready and not refresh and not self.stale:
             return self
+        if self.ready and not refresh and not user_folders:  # stale: rebuild as it was built
+            user_folders = [Path(f) for f in self._recorded().get("user_folders", []) if Path(f).is_dir()]
         for folder in user_folders:
             check_not_reserved(folder)
         files = self.root / "files"
+        self.manifest.unlink(missing_ok=True)  # not ready until rebuilt: never a list of removed files
         shutil.rmtree(files, ignore_errors=True)
         sources: list[tuple[Path, str, str, str, str]] = []  # path, kind, package, version, licence
         for path in package_photo_paths():
@@ -328,7 +374,8 @@ class PhotoLibrary:
                     continue
                 root, version = fetched
                 licence = _debian_licence(root, package)
-                sources += [(p, kind, package, version, licence) for p in _candidates(root, kind)]
+                sources += [(p, kind, package, version, licence)
+                            for p in _candidates(root, kind, DEBIAN_PATHS.get(package, ()))]
         kept: list[tuple[Photo, Image.Image]] = []
         for path, kind, package, version, licence in tqdm(sources, desc="curating", unit="img",
                                                           disable=not progress):
@@ -351,6 +398,8 @@ class PhotoLibrary:
             (files / name).unlink(missing_ok=True)
         rows = [p for p, _ in kept if p.file not in dropped]
         atomic_write_text(self.manifest, "".join(json.dumps(asdict(p)) + "\n" for p in rows))
+        atomic_write_text(self.sources, json.dumps(
+            {"stamp": sources_stamp(), "user_folders": [str(Path(f).resolve()) for f in user_folders]}))
         shutil.rmtree(staging, ignore_errors=True)
         return self
 
