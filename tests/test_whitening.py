@@ -88,7 +88,7 @@ def test_whitened_student_loads_exports_and_refits_from_its_raw_descriptor(image
     from copydistill.data.procedural import procedural_image
     from copydistill.models.registry import load_descriptor, read_student
     from copydistill.train.run import export_student_files
-    from copydistill.train.whitening import whiten_student
+    from copydistill.train.whitening import DEFAULT_SHRINKAGE, whiten_student
 
     raw_path = _student(tmp_path)
     white_path = tmp_path / "white" / "student.pt"
@@ -106,10 +106,13 @@ def test_whitened_student_loads_exports_and_refits_from_its_raw_descriptor(image
 
     # the trunk's weights stay a plain state dict: init_student and load_checked read it unchanged
     assert not any(k.startswith("whitening") for k in read_student(white_path).state)
-    # a refit of the whitened file starts from the raw descriptor: the same fit again
-    whiten_student(white_path, images, dims=6, shrinkage=0.1, progress=False)
+    # a refit of the whitened file starts from the raw descriptor, by default with the shrinkage
+    # the file records (a distilled student's own): the same fit again
+    assert whiten_student(white_path, images, dims=6, progress=False).shrinkage == 0.1
     again = torch.load(white_path, weights_only=True)["whitening"]
     torch.testing.assert_close(again["weight"], stored["weight"])
+    assert whiten_student(raw_path, images, dims=6, out=tmp_path / "default.pt",
+                          progress=False).shrinkage == DEFAULT_SHRINKAGE  # never whitened: the default
 
     (onnx,) = export_student_files(white_path.parent, ["onnx"])
     exported = load_descriptor(f"onnx:{onnx}")

@@ -237,8 +237,9 @@ def whiten_args(p) -> None:
     p.add_argument("--images", type=Path, required=True,
                    help="images to fit on: the train split (never the references or queries)")
     p.add_argument("--dims", type=argtypes.positive, default=None, help="whitened width (default: all)")
-    p.add_argument("--shrinkage", type=argtypes.positive_number, default=DEFAULT_SHRINKAGE,
-                   help=f"x the mean eigenvalue, added to every eigenvalue (default {DEFAULT_SHRINKAGE})")
+    p.add_argument("--shrinkage", type=argtypes.positive_number, default=None,
+                   help="x the mean eigenvalue, added to every eigenvalue (default: a whitened "
+                        f"student's own, e.g. 0.003 for a distilled one; else {DEFAULT_SHRINKAGE})")
     p.add_argument("--max-images", type=argtypes.integer(2), default=DEFAULT_MAX_IMAGES)
     p.add_argument("--seed", type=argtypes.seed, default=0, help="of the image sample")
     p.add_argument("--out", type=Path, default=None, help="write here (default: replace --model)")

@@ -61,13 +61,14 @@ class WhiteningFit:
 
 
 def whiten_student(path: str | Path, images: str | Path, dims: int | None = None,
-                   shrinkage: float = DEFAULT_SHRINKAGE, max_images: int = DEFAULT_MAX_IMAGES,
+                   shrinkage: float | None = None, max_images: int = DEFAULT_MAX_IMAGES,
                    seed: int = 0, out: str | Path | None = None, progress: bool = True,
                    clamp: bool = False) -> WhiteningFit:
     """Fit the whitening of the student in ``path`` (a ``student.pt``) on up to ``max_images``
     images of ``images`` (a seeded sample), embedded at the student's own resize, and write the
     student with it to ``out`` (default: ``path``, atomically). A student already whitened is
-    refitted from its unwhitened descriptor. ``clamp``: with no more images than ``dims``,
+    refitted from its unwhitened descriptor, by default with the shrinkage it was whitened with
+    (a distilled student's is lower, ``whiten_shrinkage_distilled``); else ``DEFAULT_SHRINKAGE``. ``clamp``: with no more images than ``dims``,
     whiten to one dim fewer than there are images instead of refusing."""
     from copydistill.eval.embed import embed_records
     from copydistill.models.backbones import PixelModel
@@ -86,6 +87,8 @@ def whiten_student(path: str | Path, images: str | Path, dims: int | None = None
         raise CopydistillError(f"{path}: whitening needs a student.pt (copydistill train writes one in "
                                "final/), not a training checkpoint")
     dims = dims or student.dims
+    if shrinkage is None:
+        shrinkage = float((data.get("whitening_fit") or {}).get("shrinkage", DEFAULT_SHRINKAGE))
     model = dataclasses.replace(student, whitening=None).build(path)
     policy = ResizePolicy.parse(student.resize) if student.resize else DEFAULT_RESIZE
     descriptor = TorchDescriptor(PixelModel(model), "student", student.dims, policy, identity="whitening")
