@@ -1,5 +1,6 @@
-"""PCA whitening baked into a trained student (train/whitening.py, ``copydistill whiten``,
-``whiten_dims``): the fit decorrelates the train vectors, the student file carries it into
+"""PCA and learned whitening baked into a trained student (train/whitening.py, ``copydistill
+whiten``, ``whiten_dims``, ``whiten_method``): the PCA fit decorrelates the train vectors, the
+learned one damps what edits change, the student file carries it into
 ``ckpt:`` loading and the ONNX export, a refit starts from the unwhitened descriptor, and bad
 input is refused with one line."""
 
@@ -46,11 +47,16 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 
 def test_library_and_config_defaults_agree():
     from copydistill.config import load_config
-    from copydistill.train.whitening import DEFAULT_MAX_IMAGES, DEFAULT_SHRINKAGE
+    from copydistill.train.whitening import DEFAULT_MAX_IMAGES, DEFAULT_SHRINKAGE, DEFAULT_VIEWS
 
     student = load_config(None, []).student
     assert (student.whiten_shrinkage, student.whiten_max_images) == (DEFAULT_SHRINKAGE, DEFAULT_MAX_IMAGES)
+    assert (student.whiten_method, student.whiten_views) == ("pca", DEFAULT_VIEWS)
     assert student.whiten_dims == 0  # off unless a recipe asks
+    with pytest.raises(CopydistillError, match="whiten_method"):
+        load_config(None, ["whiten_method=zca"])
+    with pytest.raises(CopydistillError, match="whiten_views"):
+        load_config(None, ["whiten_views=0"])
 
 
 def test_fit_whitening_decorrelates_the_vectors_it_is_fitted_on():
@@ -78,10 +84,45 @@ def test_fit_whitening_decorrelates_the_vectors_it_is_fitted_on():
     (100, 16, 0.0, "must be > 0"),
 ])
 def test_fit_whitening_refuses_what_it_cannot_fit(n, dims, shrinkage, match):
-    from copydistill.train.whitening import fit_whitening
+    from copydistill.train.whitening import fit_learned_whitening, fit_whitening
 
+    vectors = np.random.default_rng(0).standard_normal((n, 16))
     with pytest.raises(CopydistillError, match=match):
-        fit_whitening(np.random.default_rng(0).standard_normal((n, 16)), dims, shrinkage)
+        fit_whitening(vectors, dims, shrinkage)
+    with pytest.raises(CopydistillError, match=match):
+        fit_learned_whitening(vectors, vectors + 0.1, np.arange(n), dims, shrinkage)
+
+
+def _pair_cosines(anchors, views, owners, weight, bias):
+    a, v = _normalise(anchors @ weight.T + bias), _normalise(views @ weight.T + bias)
+    return (a[owners] * v).sum(1)
+
+
+def test_learned_whitening_damps_what_edits_change_and_keeps_what_tells_images_apart():
+    from copydistill.train.whitening import fit_learned_whitening, fit_whitening
+
+    rng = np.random.default_rng(0)
+    n, d, copies = 400, 12, 2
+    anchors = rng.standard_normal((n, d)) * np.r_[np.full(8, 1.0), np.full(4, 0.2)]  # images differ in 8 dims
+    owners = np.repeat(np.arange(n), copies)
+    edits = np.zeros((n * copies, d))
+    edits[:, 8:] = rng.standard_normal((n * copies, 4)) * 2.0  # an edit moves the 4 weak dims a lot
+    views = anchors[owners] + edits + rng.standard_normal((n * copies, d)) * 0.05
+    weight, bias = fit_learned_whitening(anchors, views, owners, d, shrinkage=1e-3)
+    assert weight.shape == (d, d) and bias.shape == (d,)
+    pca_weight, pca_bias = fit_whitening(anchors, d, shrinkage=1e-3)  # blind to the edits: amplifies them
+    learned = _pair_cosines(anchors, views, owners, weight, bias)
+    pca = _pair_cosines(anchors, views, owners, pca_weight, pca_bias)
+    raw = _pair_cosines(anchors, views, owners, np.eye(d), np.zeros(d))
+    assert learned.mean() > 0.95 > raw.mean() > pca.mean()
+    # the image-telling directions survive: distinct images stay apart
+    white = _normalise(anchors @ weight.T + bias)
+    assert np.abs((white[:200] * white[200:]).sum(1)).mean() < 0.4
+    # the PCA rotation orders the directions: the first rows carry the most variance, dims keeps them
+    spread = np.var(anchors @ weight.T, axis=0)
+    assert spread[0] >= spread[-1]
+    top, _ = fit_learned_whitening(anchors, views, owners, 4, shrinkage=1e-3)
+    np.testing.assert_allclose(np.abs(top), np.abs(weight[:4]), rtol=1e-4, atol=1e-5)
 
 
 def test_whitened_student_loads_exports_and_refits_from_its_raw_descriptor(images, tmp_path):
@@ -119,6 +160,24 @@ def test_whitened_student_loads_exports_and_refits_from_its_raw_descriptor(image
     assert exported.dims == 6
     assert (np.sum(exported.embed_images(pictures) * expected, axis=1) > 0.999).all()
 
+    # the learned whitening is stored, loaded and exported the same way, and records its views
+    learned_path = tmp_path / "learned" / "student.pt"
+    fit = whiten_student(white_path, images, dims=6, shrinkage=0.1, out=learned_path, progress=False,
+                         method="learned", views=2)
+    assert (fit.method, fit.views, fit.images) == ("learned", 2, N_IMAGES)
+    stored = torch.load(learned_path, weights_only=True)
+    assert stored["whitening_fit"]["method"] == "learned"
+    expected = _normalise(raw @ stored["whitening"]["weight"].numpy().T + stored["whitening"]["bias"].numpy())
+    np.testing.assert_allclose(load_descriptor(f"ckpt:{learned_path}").embed_images(pictures), expected,
+                               atol=1e-5)
+    again = whiten_student(learned_path, images, dims=6, shrinkage=0.1, progress=False, method="learned",
+                           views=2)  # seeded views: the same fit again
+    torch.testing.assert_close(torch.load(learned_path, weights_only=True)["whitening"]["weight"],
+                               stored["whitening"]["weight"])
+    assert again.views == 2
+    with pytest.raises(CopydistillError, match="whitening method 'zca'"):
+        whiten_student(white_path, images, method="zca", progress=False)
+
 
 def _run(capsys, *argv) -> tuple[int, str, str]:
     try:
@@ -149,3 +208,8 @@ def test_whiten_command_writes_and_exports_and_refuses_bad_input(images, tmp_pat
     assert code != 0 and "missing.pt" in err and "Traceback" not in err
     code, _, err = _run(capsys, "whiten", "--model", student, "--images", images, "--shrinkage", "0")
     assert code == 2 and "--shrinkage" in err
+    code, printed, err = _run(capsys, "whiten", "--model", student, "--images", images, "--dims", "4",
+                              "--out", tmp_path / "learned.pt", "--method", "learned", "--views", "1")
+    assert code == 0 and "learned from 1 views of each" in printed, err
+    code, _, err = _run(capsys, "whiten", "--model", student, "--images", images, "--views", "0")
+    assert code == 2 and "--views" in err

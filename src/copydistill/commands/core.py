@@ -230,7 +230,7 @@ def cmd_export(args) -> None:
 
 
 def whiten_args(p) -> None:
-    from copydistill.train.whitening import DEFAULT_MAX_IMAGES, DEFAULT_SHRINKAGE
+    from copydistill.train.whitening import DEFAULT_MAX_IMAGES, DEFAULT_SHRINKAGE, DEFAULT_VIEWS, METHODS
 
     p.add_argument("--model", type=Path, required=True, metavar="STUDENT.pt",
                    help="a student.pt that copydistill train wrote (final/ or best/)")
@@ -240,8 +240,13 @@ def whiten_args(p) -> None:
     p.add_argument("--shrinkage", type=argtypes.positive_number, default=None,
                    help="x the mean eigenvalue, added to every eigenvalue (default: a whitened "
                         f"student's own, e.g. 0.003 for a distilled one; else {DEFAULT_SHRINKAGE})")
+    p.add_argument("--method", choices=METHODS, default="pca",
+                   help="pca: PCA whitening; learned: whitened by how descriptors move under edits "
+                        "(each image against --views augmented views of it)")
+    p.add_argument("--views", type=argtypes.positive, default=DEFAULT_VIEWS,
+                   help=f"augmented views per image for --method learned (default {DEFAULT_VIEWS})")
     p.add_argument("--max-images", type=argtypes.integer(2), default=DEFAULT_MAX_IMAGES)
-    p.add_argument("--seed", type=argtypes.seed, default=0, help="of the image sample")
+    p.add_argument("--seed", type=argtypes.seed, default=0, help="of the image sample and the views")
     p.add_argument("--out", type=Path, default=None, help="write here (default: replace --model)")
     p.add_argument("--export", choices=("onnx", "torchscript"), action="append", default=[],
                    help="also export the whitened student beside --out (repeatable)")
@@ -254,9 +259,11 @@ def cmd_whiten(args) -> None:
     out = args.out or args.model
     if out.name != "student.pt" and args.export:
         raise CopydistillError(f"--out {out}: --export writes student.onnx beside a file named student.pt")
-    fit = whiten_student(args.model, args.images, args.dims, args.shrinkage, args.max_images, args.seed, out)
+    fit = whiten_student(args.model, args.images, args.dims, args.shrinkage, args.max_images, args.seed, out,
+                         method=args.method, views=args.views)
+    how = f", learned from {fit.views} views of each" if fit.method == "learned" else ""
     print(f"{out}: whitened to {fit.dims} dims on {fit.images} images of {fit.folder} "
-          f"(shrinkage {fit.shrinkage}); load it with ckpt:{out}")
+          f"(shrinkage {fit.shrinkage}{how}); load it with ckpt:{out}")
     for path in export_student_files(out.parent, args.export):
         print(f"exported {path}")
 

@@ -64,6 +64,10 @@ class StudentConfig:
     # a distilled student's (a teacher set; None: whiten_shrinkage): it keeps the teacher's signal
     # in directions the shrinkage damps (docs/quickstart.md, ninth round)
     whiten_shrinkage_distilled: float | None = None
+    # pca: PCA whitening | learned: whitened by the difference covariance of each train image and
+    # whiten_views augmented views of it (Radenović et al.'s learned whitening; train/whitening.py)
+    whiten_method: str = "pca"
+    whiten_views: int = 2
     whiten_images: str | None = None  # the images to fit it on (None: data.train_images)
     whiten_max_images: int = 20000  # a seeded sample of at most this many
 
@@ -86,6 +90,10 @@ class StudentConfig:
         _check_range(self, "whiten_shrinkage", 0, inclusive=False)
         _check_range(self, "whiten_shrinkage_distilled", 0, inclusive=False)
         _check_range(self, "whiten_max_images", 2)
+        _check_range(self, "whiten_views", 1)
+        from copydistill.train.whitening import METHODS
+
+        _check_choice(self, "whiten_method", METHODS)
         if self.input_size is not None and self.input_size < 16:
             raise CopydistillError(f"student_size={self.input_size} must be >= 16 (or null)")
 

@@ -128,13 +128,14 @@ def whiten_trained_student(path: Path, config: TrainConfig, progress: bool = Tru
     try:
         fit = whiten_student(path, images, s.whiten_dims, whitening_shrinkage(config),
                              s.whiten_max_images, seed=config.trainer.seed, progress=progress,
-                             clamp=True)
+                             clamp=True, method=s.whiten_method, views=s.whiten_views)
     except CopydistillError as err:
         print(f"{path}: not whitened ({err}); the raw student is kept and exported. Fit it later "
               f"with `copydistill whiten --model {path} --images DIR`", flush=True)
         return
     fewer = f" (whiten_dims={s.whiten_dims}: only {fit.images} images)" if fit.dims < s.whiten_dims else ""
-    print(f"{path}: whitened to {fit.dims} dims on {fit.images} images of {images}{fewer}", flush=True)
+    how = f" and {fit.views} views of each (learned whitening)" if fit.method == "learned" else ""
+    print(f"{path}: whitened to {fit.dims} dims on {fit.images} images of {images}{how}{fewer}", flush=True)
 
 
 def export_student_files(folder: Path, formats: list[str]) -> list[Path]:
