@@ -39,9 +39,7 @@ METHODS = ("pca", "learned")
 DEFAULT_VIEWS = 2  # = StudentConfig.whiten_views: augmented views per image for method="learned"
 
 
-def fit_whitening(vectors: np.ndarray, dims: int, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
-    """(weight (dims, d), bias (dims,)) of the PCA whitening of ``vectors`` (n, d), n > dims."""
-    n, d = vectors.shape
+def _check_fit(n: int, d: int, dims: int, shrinkage: float) -> None:
     if not 1 <= dims <= d:
         raise CopydistillError(f"whitening to {dims} dims: use 1 to {d} (the descriptor's width)")
     if n <= dims:
@@ -49,6 +47,12 @@ def fit_whitening(vectors: np.ndarray, dims: int, shrinkage: float) -> tuple[np.
                                "use more images (whiten_images) or fewer dims (whiten_dims)")
     if not shrinkage > 0:  # float32 eigen-decompositions give the smallest eigenvalues as ~0 or below
         raise CopydistillError(f"whiten_shrinkage={shrinkage} must be > 0 (e.g. 0.001 for almost none)")
+
+
+def fit_whitening(vectors: np.ndarray, dims: int, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
+    """(weight (dims, d), bias (dims,)) of the PCA whitening of ``vectors`` (n, d), n > dims."""
+    n, d = vectors.shape
+    _check_fit(n, d, dims, shrinkage)
     pca = faiss.PCAMatrix(d, dims, -0.5)
     pca.train(np.ascontiguousarray(vectors, dtype=np.float32))
     pca.epsilon = shrinkage * float(faiss.vector_to_array(pca.eigenvalues).mean())
@@ -68,13 +72,7 @@ def fit_learned_whitening(anchors: np.ndarray, views: np.ndarray, owners: np.nda
     P = (top ``dims`` PCA directions of the whitened anchors)ᵀ · C_S^(-1/2), C_S the pairs'
     difference covariance with ``shrinkage`` x its mean eigenvalue added to every eigenvalue."""
     n, d = anchors.shape
-    if not 1 <= dims <= d:
-        raise CopydistillError(f"whitening to {dims} dims: use 1 to {d} (the descriptor's width)")
-    if n <= dims:
-        raise CopydistillError(f"a {dims}-d whitening needs more than {dims} images, got {n}; "
-                               "use more images (whiten_images) or fewer dims (whiten_dims)")
-    if not shrinkage > 0:
-        raise CopydistillError(f"whiten_shrinkage={shrinkage} must be > 0 (e.g. 0.001 for almost none)")
+    _check_fit(n, d, dims, shrinkage)
     anchors, views = anchors.astype(np.float64), views.astype(np.float64)
     differences = anchors[owners] - views
     eigenvalues, vectors = np.linalg.eigh(differences.T @ differences / len(differences))
