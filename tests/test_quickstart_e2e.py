@@ -26,7 +26,7 @@ def test_quickstart_runs_every_stage_and_writes_the_scored_students(tmp_path):
     train_images = len(list((out / "benchmark" / "images" / "train").iterdir()))
     whitened = min(512, train_images - 1)
     assert a.shape == b.shape == (2, whitened) and not np.allclose(a, b)  # two different students
-    assert "PCA-whitened to at most 512 dims" in (out / "report.html").read_text()
+    assert "whitened to at most 512 dims (learned whitening" in (out / "report.html").read_text()
     # the recipe distils towards the unedited images' keys, taken from the teacher's evaluation
     cache = out / "view-cache"
     assert not list(cache.glob("teacher-*.npy"))  # no teacher pass per view

@@ -34,6 +34,19 @@ def _stage(number: int, text: str, start: float) -> None:
     print(f"[{number}/6 +{time.perf_counter() - start:5.0f}s] {text}", flush=True)
 
 
+def _whitening_text(config) -> str:
+    student = config.student
+    if student.whiten_method == "learned":
+        how = (f"learned whitening: each train image against {student.whiten_views} augmented views "
+               "of it")
+    else:
+        how = "PCA whitening"
+    distilled, plain = whitening_shrinkage(config), student.whiten_shrinkage
+    if distilled == plain:
+        return f"{how}, shrinkage {plain}"
+    return f"{how}, shrinkage {distilled} for the KD student, {plain} for the SSCD-only one"
+
+
 def run_quickstart(out: str | Path, size: str = "small", seed: int = 0, recipe: Path | None = None,
                    overrides: list[str] = ()) -> list[dict]:
     out = Path(out)
@@ -112,10 +125,9 @@ def run_quickstart(out: str | Path, size: str = "small", seed: int = 0, recipe: 
         f"({data.cached_views} cached {data.image_size}px ADVANCED views per image, seen by the "
         f"student at {student.input_size or data.image_size}px), the KD "
         f"student with {kd_text} + InfoNCE/KoLeo, the SSCD-only student with InfoNCE/KoLeo alone"
-        + (f"; after training, both students' descriptors are PCA-whitened to at most {student.whiten_dims} "
-           f"dims (shrinkage {whitening_shrinkage(config)} for the KD student, {student.whiten_shrinkage} "
-           "for the SSCD-only one), fitted on the train split and baked into "
-           "the exported models (the untrained student is not)" if student.whiten_dims else "")
+        + (f"; after training, both students' descriptors are whitened to at most {student.whiten_dims} "
+           f"dims ({_whitening_text(config)}), fitted on the train split and baked into the exported "
+           "models (the untrained student is not)" if student.whiten_dims else "")
         + ".</p>"
     )
     report = write_report(results, out / "report.html", title="copydistill quickstart", intro=intro)
