@@ -20,6 +20,9 @@ from copydistill.eval.disc import evaluate_disc
 from copydistill.models import load_descriptor
 
 TOL = 1e-6
+# trained losses: float32 kernels differ between CPUs (AVX2 against AVX-512) in the last digits,
+# up to ~3e-4 after two steps; a change of behaviour moves them by far more than this
+LOSS_TOL = dict(rel=1e-3, abs=1e-3)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -117,4 +120,4 @@ def test_two_training_steps_log_the_recorded_losses(tmp_path):
     out = train(config, progress=False)
     (metrics,) = (out / "logs").glob("version_*/metrics.csv")
     losses = [float(r["train/loss"]) for r in csv.DictReader(metrics.open()) if r.get("train/loss")]
-    assert losses == pytest.approx([0.8838880062103271, -0.0645761489868164], abs=TOL)
+    assert losses == pytest.approx([0.8838880062103271, -0.0645761489868164], **LOSS_TOL)
