@@ -115,7 +115,10 @@ def fetch(target: Path) -> bool:
             "tests will skip")
         return False
     download(KNOWN_LIBS, root)
-    binaries = [root / "usr/lib/chromium/chromium", root / "usr/lib/chromium/chromedriver"]
+    # chromium-driver puts the binary in usr/lib/chromium (older Debian) or usr/bin (newer)
+    driver_binary = next((p for p in (root / "usr/lib/chromium/chromedriver", root / "usr/bin/chromedriver")
+                          if p.is_file()), root / "usr/lib/chromium/chromedriver")
+    binaries = [root / "usr/lib/chromium/chromium", driver_binary]
     tried: set[str] = set()
     for _ in range(6):
         libs = missing_libs(binaries, root)
@@ -139,6 +142,8 @@ def fetch(target: Path) -> bool:
         wrapper.write_text(WRAPPER.format(libs=libs, binary=binary))
         wrapper.chmod(0o755)
     if not (works(chromium) and works(driver)):
+        for wrapper in (chromium, driver):  # no wrappers that cannot start: the tests look for them
+            wrapper.unlink(missing_ok=True)
         say("the unpacked chromium does not start; the browser tests will skip")
         return False
     say(f"ready: {chromium}, {driver}")
