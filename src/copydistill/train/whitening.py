@@ -92,8 +92,8 @@ def fit_learned_whitening(anchors: np.ndarray, views: np.ndarray, owners: np.nda
 def embed_views(descriptor, records, views: int, seed: int, size: int, progress: bool = True,
                 batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """``views`` ADVANCED views of ``size`` px (seeded: ``view_rng(seed, 0, image, copy)``) of
-    every record, embedded by ``descriptor``: (vectors (m, d), owners (m,) = the record index of each); images
-    that cannot be read are skipped (they were skipped as anchors too)."""
+    every record, embedded by ``descriptor``: (vectors (m, d), owners (m,) = the record index of
+    each); images that cannot be read are skipped (they were skipped as anchors too)."""
     from tqdm.auto import tqdm
 
     from copydistill.augment.sscd import SSCDAugment, view_rng
@@ -110,7 +110,8 @@ def embed_views(descriptor, records, views: int, seed: int, size: int, progress:
             owners.extend(index for index, _ in pending)
             pending.clear()
 
-    for index, record in enumerate(tqdm(records, desc="whitening views", unit="img", disable=not progress)):
+    bar = tqdm(records, desc="whitening views", unit="img", disable=not progress)
+    for index, record in enumerate(bar):
         try:
             image = load_image(record.path)
         except (ImageError, OSError, ValueError):
@@ -146,8 +147,9 @@ def whiten_student(path: str | Path, images: str | Path, dims: int | None = None
     images of ``images`` (a seeded sample), embedded at the student's own resize, and write the
     student with it to ``out`` (default: ``path``, atomically). A student already whitened is
     refitted from its unwhitened descriptor, by default with the shrinkage it was whitened with
-    (a distilled student's is lower, ``whiten_shrinkage_distilled``); else ``DEFAULT_SHRINKAGE``. ``clamp``: with no more images than ``dims``,
-    whiten to one dim fewer than there are images instead of refusing. ``method="learned"``: the
+    (a distilled student's is lower, ``whiten_shrinkage_distilled``); else ``DEFAULT_SHRINKAGE``.
+    ``clamp``: with no more images than ``dims``, whiten to one dim fewer than there are images
+    instead of refusing. ``method="learned"``: the
     learned whitening on each image and ``views`` augmented views of it (module docstring)."""
     from copydistill.eval.embed import embed_records
     from copydistill.models.backbones import PixelModel
