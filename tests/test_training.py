@@ -1004,30 +1004,41 @@ def test_init_student_starts_from_a_student_this_project_trained(trained, images
         DescriptorModule(_config(images, tmp_path / "run4", f"init_student={source}", "dims=16"))
 
 
-def test_kd_start_epoch_fills_the_bank_but_weighs_kd_zero_until_it():
+def test_kd_start_and_end_epoch_weigh_kd_zero_outside_their_window_and_the_bank_still_fills():
     from copydistill.train.distillation import DistillationModule
     from copydistill.train.module import DescriptorModule
     from copydistill.train.teacher import TorchTeacher
+
+    class AtStep(DistillationModule):  # the trainer's step, set by hand (no Trainer attached)
+        step = 0
+        global_step = property(lambda self: self.step)
 
     base = dict(arch="resnet18", dims=32, batch_size=4, image_size=32, mixup=False, bank_size=16)
     batch = {"views": torch.randint(0, 256, (4, 2, 3, 32, 32), dtype=torch.uint8), "index": torch.arange(4),
              "teacher": F.normalize(torch.randn(4, 2, 32), dim=-1)}
     torch.manual_seed(0)
     plain = DescriptorModule(options(**base, teacher=None)).eval()
+    plain.log = plain.log_dict = lambda *a, **k: None
     teacher = TorchTeacher(_tiny_teacher(), 32)  # keys come with the batch: never called
-    torch.manual_seed(0)  # the same student init as ``plain``
-    late = DistillationModule(options(**base, teacher="x", kd_weight=1.0, kd_start_epoch=2), teacher).eval()
-    for module in (plain, late):
-        module.log = module.log_dict = lambda *a, **k: None
-    late.epochs_to_steps = lambda epochs: int(epochs * 5)  # 5 steps per epoch: KD from step 10
-    late.on_train_start()
-    assert late.kd_start_step == 10
     with torch.no_grad():
-        before = float(late.training_step(batch, 0)["loss"])
-        assert before == pytest.approx(float(plain.training_step(batch, 0)["loss"]), abs=1e-6)
-        assert int(late.distill.bank.filled) == 8  # both views' keys went into the bank
-        late.epochs_to_steps = lambda epochs: 0  # the start step reached: the KD term counts
-        late.on_train_start()
-        assert float(late.training_step(batch, 0)["loss"]) > before + 1e-3
+        without_kd = float(plain.training_step(batch, 0)["loss"])
+    # 5 steps per epoch: KD from step 10 (kd_start_epoch 2), or until step 10 (kd_end_epoch 2)
+    for window, steps, counts in ((dict(kd_start_epoch=2), (0, 10), (False, True)),
+                                  (dict(kd_end_epoch=2), (0, 9, 10), (True, True, False))):
+        torch.manual_seed(0)  # the same student init as ``plain``
+        module = AtStep(options(**base, teacher="x", kd_weight=1.0, **window), teacher).eval()
+        module.log = module.log_dict = lambda *a, **k: None
+        module.epochs_to_steps = lambda epochs: int(epochs * 5)
+        module.on_train_start()
+        assert (module.kd_start_step, module.kd_end_step) == ((10, None) if "kd_start_epoch" in window
+                                                             else (0, 10))
+        with torch.no_grad():
+            for step, kd_counts in zip(steps, counts):
+                module.step = step
+                loss = float(module.training_step(batch, 0)["loss"])
+                assert (loss > without_kd + 1e-3) if kd_counts else loss == pytest.approx(without_kd, abs=1e-6)
+        assert int(module.distill.bank.filled) == min(16, 8 * len(steps))  # both views' keys, always
     with pytest.raises(CopydistillError, match="start_epoch"):
         options(**base, teacher="x", kd_start_epoch=-1)
+    with pytest.raises(CopydistillError, match="after kd_start_epoch"):
+        options(**base, teacher="x", kd_start_epoch=2, kd_end_epoch=1)

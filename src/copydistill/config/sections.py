@@ -181,6 +181,7 @@ class DistillationConfig:
     predictor: str = "none"  # none: the feature itself (§2.4) | linear | mlp | batchnorm (centred)
     target: str = "view"  # view: the teacher embeds each view | clean: each unedited image once
     start_epoch: float = 0.0  # >0: KD terms weigh 0 before this epoch (the bank fills meanwhile)
+    end_epoch: float = 0.0  # >0: KD terms weigh 0 from this epoch on (an early distillation phase)
     copy_threshold: float = 0.0  # >0: train images the teacher sees as copies (cosine above) are
     #                              InfoNCE positives and share batches (train/copies.py)
     bank_size: int = 65_536
@@ -191,8 +192,11 @@ class DistillationConfig:
 
         if not self.teacher:
             raise CopydistillError("teacher is empty: pass a model spec, or teacher=null for no distillation")
-        for name in ("weight", "regression_weight", "relation_weight", "start_epoch"):
+        for name in ("weight", "regression_weight", "relation_weight", "start_epoch", "end_epoch"):
             _check_range(self, name, 0)
+        if self.end_epoch and self.end_epoch <= self.start_epoch:
+            raise CopydistillError(f"kd_end_epoch {self.end_epoch} must come after kd_start_epoch "
+                                   f"{self.start_epoch} (or be 0: distil to the end)")
         for name in ("teacher_temperature", "student_temperature"):
             _check_range(self, name, 0, inclusive=False)
         _check_range(self, "copy_threshold", 0, 1)  # 0: off
@@ -355,6 +359,7 @@ RENAMED = {
     "kd_regression_weight": "distillation.regression_weight",
     "kd_relation_weight": "distillation.relation_weight", "kd_predictor": "distillation.predictor",
     "kd_target": "distillation.target", "kd_start_epoch": "distillation.start_epoch",
+    "kd_end_epoch": "distillation.end_epoch",
     "kd_copy_threshold": "distillation.copy_threshold",
     "optimizer": "optimiser.name", "init_student": "student.init",
 }

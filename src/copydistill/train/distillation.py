@@ -46,13 +46,15 @@ def kd_predictor(kind: str, width: int, teacher_dims: int) -> nn.Module:
 class DistillationModule(DescriptorModule):
     """Adds a frozen teacher (``TeacherKeys``, never registered), the bank and the KD terms:
     L = L_objective + kd_weight · L_KD [+ kd_regression_weight · L_regression]
-    [+ kd_relation_weight · L_relation], the KD terms from step ``kd_start_step`` on."""
+    [+ kd_relation_weight · L_relation], the KD terms from step ``kd_start_step`` until
+    ``kd_end_step`` (None: to the end)."""
 
     def __init__(self, config: TrainConfig, teacher: TeacherKeys, copies: TeacherCopies | None = None):
         super().__init__(config)
         kd = config.distillation
         self.teacher = teacher  # a plain object: not a submodule, so out of SyncBN, DDP and checkpoints
-        self.kd_start_step = 0  # set from kd_start_epoch when training starts (on_train_start)
+        self.kd_start_step = 0  # set from kd_start_epoch / kd_end_epoch when training starts
+        self.kd_end_step: int | None = None  # (on_train_start)
         if kd.copy_threshold:
             if copies is None:
                 raise ValueError("kd_copy_threshold is set: pass the train split's TeacherCopies")
@@ -80,10 +82,13 @@ class DistillationModule(DescriptorModule):
         return self.config.distillation.views == "both"
 
     def on_train_start(self) -> None:
-        """``kd_start_epoch`` in optimiser steps, once: before it the KD terms are logged and the
-        bank fills, but they weigh 0 (a KD phase after InfoNCE has spread the descriptors)."""
-        start = self.config.distillation.start_epoch
-        self.kd_start_step = self.epochs_to_steps(start) if start else 0
+        """``kd_start_epoch`` / ``kd_end_epoch`` in optimiser steps, once: outside them the KD terms
+        are logged and the bank fills, but they weigh 0 (a KD phase after InfoNCE has spread the
+        descriptors; an early KD phase that stops before the student memorises the teacher's keys
+        of the train images, docs/quickstart.md, eleventh round)."""
+        kd = self.config.distillation
+        self.kd_start_step = self.epochs_to_steps(kd.start_epoch) if kd.start_epoch else 0
+        self.kd_end_step = self.epochs_to_steps(kd.end_epoch) if kd.end_epoch else None
 
     def training_step(self, batch: dict, batch_idx: int) -> dict:
         out = super().training_step(batch, batch_idx)
@@ -93,7 +98,8 @@ class DistillationModule(DescriptorModule):
             features = nn.functional.normalize(self.kd_head(features), dim=1)
         kd, stats = self.distill(features.float(), keys)  # the bank takes the keys even before kd_start_epoch
         kd_config = self.config.distillation
-        on = float(self.global_step >= self.kd_start_step)
+        on = float(self.global_step >= self.kd_start_step
+                   and (self.kd_end_step is None or self.global_step < self.kd_end_step))
         loss = out["loss"] + on * kd_config.weight * kd
         if self.key_regression is not None:
             regression, regression_stats = self.key_regression(features, keys)
