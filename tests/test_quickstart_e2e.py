@@ -13,7 +13,8 @@ def test_quickstart_runs_every_stage_and_writes_the_scored_students(tmp_path):
     from copydistill.quickstart import run_quickstart
 
     out = tmp_path / "qs"
-    run_quickstart(out, size="tiny", seed=0, overrides=["epochs=1", "cached_views=2"])
+    # kd_end_epoch: the KD term counts in the first epoch only, through the real Trainer's step count
+    run_quickstart(out, size="tiny", seed=0, overrides=["epochs=2", "cached_views=2", "kd_end_epoch=1"])
     summary = json.loads((out / "quickstart.json").read_text())
     models = [s["model"] for s in summary["summaries"]]
     assert models == ["sscd-int8", "resnet18 KD", "resnet18 SSCD-only", "resnet18 untrained", "phash", "pdq"]
@@ -26,7 +27,9 @@ def test_quickstart_runs_every_stage_and_writes_the_scored_students(tmp_path):
     train_images = len(list((out / "benchmark" / "images" / "train").iterdir()))
     whitened = min(512, train_images - 1)
     assert a.shape == b.shape == (2, whitened) and not np.allclose(a, b)  # two different students
-    assert "whitened to at most 512 dims (learned whitening" in (out / "report.html").read_text()
+    report = (out / "report.html").read_text()
+    assert "whitened to at most 512 dims (learned whitening" in report
+    assert "until epoch 1.0)" in report
     # the recipe distils towards the unedited images' keys, taken from the teacher's evaluation
     cache = out / "view-cache"
     assert not list(cache.glob("teacher-*.npy"))  # no teacher pass per view

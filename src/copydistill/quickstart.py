@@ -115,7 +115,9 @@ def run_quickstart(out: str | Path, size: str = "small", seed: int = 0, recipe: 
     if kd.weight:
         kd_terms.append(f"memory-bank similarity distillation towards the teacher's keys of the "
                         f"{'unedited images' if kd.target == 'clean' else 'views'} (weight "
-                        f"{kd.weight}, bank {kd.bank_size})")
+                        f"{kd.weight}, bank {kd.bank_size}"
+                        + (f", from epoch {kd.start_epoch}" if kd.start_epoch else "")
+                        + (f", until epoch {kd.end_epoch}" if kd.end_epoch else "") + ")")
     kd_text = " and ".join(kd_terms) or "no distillation term (kd_weight 0)"
     intro = (
         f"<p>Embedded benchmark <b>{size}</b> (seed {seed}; {made_of}), DISC21 layout and ISC2021 metrics, "

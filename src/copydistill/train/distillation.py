@@ -88,7 +88,9 @@ class DistillationModule(DescriptorModule):
         of the train images, docs/quickstart.md, eleventh round)."""
         kd = self.config.distillation
         self.kd_start_step = self.epochs_to_steps(kd.start_epoch) if kd.start_epoch else 0
-        self.kd_end_step = self.epochs_to_steps(kd.end_epoch) if kd.end_epoch else None
+        self.kd_end_step = None  # at least one KD step, however short an epoch is
+        if kd.end_epoch:
+            self.kd_end_step = max(self.kd_start_step + 1, self.epochs_to_steps(kd.end_epoch))
 
     def training_step(self, batch: dict, batch_idx: int) -> dict:
         out = super().training_step(batch, batch_idx)

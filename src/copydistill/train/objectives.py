@@ -33,8 +33,8 @@ from copydistill.train.copies import TeacherCopies
 
 class StudentInput(nn.Module):
     """uint8 NCHW views -> normalised student inputs, resized to ``size`` when the views (which
-    the teacher sees) are made at another size; channels_last on a GPU (on a CPU, fp32, it
-    measured 0.92x)."""
+    the teacher sees) are made at another size; channels_last on a GPU (on CPUs it measured 0.92x
+    in fp32 and level to 1.15x under bf16, depending on the CPU: docs/quickstart.md, 11th round)."""
 
     def __init__(self, size: int | None = None, *, channels_last: bool = True):
         super().__init__()
