@@ -98,10 +98,9 @@ class DistillationModule(DescriptorModule):
         features, keys = self.distillation_pairs(batch, output)
         if self.kd_head is not None:
             features = nn.functional.normalize(self.kd_head(features), dim=1)
-        kd, stats = self.distill(features.float(), keys)  # the bank takes the keys even before kd_start_epoch
+        kd, stats = self.distill(features.float(), keys)  # the bank takes the keys outside the KD window too
         kd_config = self.config.distillation
-        on = float(self.global_step >= self.kd_start_step
-                   and (self.kd_end_step is None or self.global_step < self.kd_end_step))
+        on = float(self.kd_start_step <= self.global_step < (self.kd_end_step or float("inf")))
         loss = out["loss"] + on * kd_config.weight * kd
         if self.key_regression is not None:
             regression, regression_stats = self.key_regression(features, keys)
