@@ -6,7 +6,8 @@ the CPU computes bf16 natively) bf16 autocast, measured in the same process, rat
 Each step: the student forward/backward on 2B uint8 views + InfoNCE/KoLeo + similarity
 distillation against precomputed teacher keys (as the quickstart's cached-key step) + SGD.
 bf16 is skipped where the CPU lacks AVX-512 BF16/AMX (oneDNN emulates it there, far slower);
-``--force-bf16`` measures it anyway.
+``--force-bf16`` measures it anyway. ``--compile`` adds the same variants with the student
+wrapped in ``torch.compile`` (inductor; its compilation falls in the two warm-up steps).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from copydistill.train.teacher import TorchTeacher
 from copydistill.train.run import cpu_has_bf16
 
 
-def measure(arch: str, batch: int, size: int, bf16: bool, channels_last: bool, steps: int) -> float:
+def measure(arch: str, batch: int, size: int, bf16: bool, channels_last: bool, steps: int,
+            compile_student: bool = False) -> float:
     config = config_from_dict(dict(arch=arch, dims=512, batch_size=batch, image_size=size, mixup=False,
                          teacher="sscd-int8", bank_size=1024, channels_last=channels_last,
                          entropy_weight=1, kd_weight=1.0))
@@ -36,6 +38,8 @@ def measure(arch: str, batch: int, size: int, bf16: bool, channels_last: bool, s
     module = DistillationModule(config, teacher)
     if channels_last:
         module.student.to(memory_format=torch.channels_last)
+    if compile_student:
+        module.student = torch.compile(module.student)
     module.log = lambda *a, **k: None  # no Trainer attached
     module.log_dict = lambda *a, **k: None
     optimizer = torch.optim.SGD(module.student.parameters(), lr=0.01, momentum=0.9)
@@ -62,12 +66,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--force-bf16", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="also measure torch.compile'd students")
     args = parser.parse_args()
     variants = {"fp32": (False, False), "fp32 + channels_last": (False, True)}
     if cpu_has_bf16() or args.force_bf16:
         variants |= {"bf16": (True, False), "bf16 + channels_last": (True, True)}
-    results = {name: measure(args.arch, args.batch, args.size, bf16, cl, args.steps)
-               for name, (bf16, cl) in variants.items()}
+    variants = {name: (*flags, False) for name, flags in variants.items()}
+    if args.compile:
+        variants |= {f"{name} + compile": (*flags[:2], True) for name, flags in variants.items()}
+    results = {name: measure(args.arch, args.batch, args.size, bf16, cl, args.steps, compiled)
+               for name, (bf16, cl, compiled) in variants.items()}
     base = results["fp32"]
     print(f"{args.arch}, {2 * args.batch} views at {args.size} px, threads {torch.get_num_threads()}, "
           f"native bf16: {cpu_has_bf16()}")

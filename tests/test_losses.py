@@ -372,11 +372,50 @@ def test_similarity_distillation_kl_is_non_negative(seed, tau_t, tau_s, scale):
     assert float(stats["kd_ce"]) >= float(stats["kd_kl"]) - 1e-5  # CE = KL + H(p_t), H >= 0
 
 
+def _hand_nontarget_kl(student, teacher, queue, tau_t, tau_s):
+    """KL over each row's non-target keys: every bank key but those equal to the row's own key."""
+    t = F.normalize(teacher.double(), dim=1)
+    s = student.double()
+    bank = torch.cat([t, queue.double()])
+    total = 0.0
+    for i in range(s.shape[0]):
+        others = [j for j in range(bank.shape[0]) if not torch.allclose(bank[j], t[i])]
+        lt = [float(t[i] @ bank[j]) / tau_t for j in others]
+        ls = [float(s[i] @ bank[j]) / tau_s for j in others]
+        log_zt = math.log(sum(math.exp(v) for v in lt))
+        log_zs = math.log(sum(math.exp(v) for v in ls))
+        total += sum(math.exp(a - log_zt) * ((a - log_zt) - (b - log_zs)) for a, b in zip(lt, ls))
+    return total / s.shape[0]
+
+
+@pytest.mark.parametrize("tau_t,tau_s,beta", [(0.05, 0.05, 1.0), (0.1, 0.05, 4.0)])
+def test_nontarget_distillation_adds_the_kl_without_each_rows_own_keys(tau_t, tau_s, beta):
+    torch.manual_seed(3)
+    queue = MemoryBank(dim=6, size=8, seed=4).queue.clone()
+    student = F.normalize(torch.randn(6, 6), dim=1)
+    # rows 0-2 and 3-5 share keys (kd_target: clean's two views of one image): both copies of a
+    # row's key are its own, neither is a non-target
+    teacher = torch.randn(3, 6).repeat(2, 1)
+    plain = SimilarityDistillation(MemoryBank(6, 8, seed=4), tau_t, tau_s)
+    decoupled = SimilarityDistillation(MemoryBank(6, 8, seed=4), tau_t, tau_s, nontarget_weight=beta)
+    base, _ = plain(student, teacher)
+    loss, stats = decoupled(student, teacher)
+    expected = _hand_nontarget_kl(student, teacher, queue, tau_t, tau_s)
+    assert float(stats["kd_nontarget_kl"]) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert float(loss) == pytest.approx(float(base) + beta * expected, rel=1e-4)
+    # a student equal to the teacher (same temperatures) has nothing left to learn from it
+    same = SimilarityDistillation(MemoryBank(6, 8, seed=4), tau_t, tau_t, nontarget_weight=beta)
+    _, stats_same = same(F.normalize(teacher, dim=1), teacher)
+    assert float(stats_same["kd_nontarget_kl"]) < 1e-5
+
+
 def test_similarity_distillation_rejects_bad_settings():
     with pytest.raises(ValueError, match="objective"):
         SimilarityDistillation(MemoryBank(4, 4), objective="mse")
     with pytest.raises(ValueError, match="temperature"):
         SimilarityDistillation(MemoryBank(4, 4), 0.0, 0.05)
+    with pytest.raises(ValueError, match="non-target"):
+        SimilarityDistillation(MemoryBank(4, 4), nontarget_weight=-1.0)
 
 
 # --------------------------------------------------------------------------------------------

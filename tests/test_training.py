@@ -844,6 +844,38 @@ def test_clean_target_keys_are_the_unedited_images_keys(images, tmp_path):
     assert "train/kd" in log.splitlines()[0]
 
 
+def test_random_target_keys_are_seeded_unit_vectors_and_the_teacher_embeds_nothing(images, tmp_path,
+                                                                                    monkeypatch):
+    """``kd_target: random`` (the control): each train image gets a fixed random unit key, seeded by
+    the views' seed; the teacher is never asked, and the run trains with the KD term."""
+    from copydistill.models.descriptor import Descriptor
+    from copydistill.train.data import random_image_keys
+    from copydistill.train.run import train
+
+    keys = random_image_keys(N_IMAGES, 32, seed=5)
+    np.testing.assert_allclose(np.linalg.norm(keys, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(keys, random_image_keys(N_IMAGES, 32, seed=5))
+    assert not np.allclose(keys, random_image_keys(N_IMAGES, 32, seed=6))
+    assert np.abs(keys @ keys.T - np.eye(N_IMAGES)).max() < 0.9  # distinct prototypes
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("kd_target=random must not ask the teacher")
+
+    monkeypatch.setattr(Descriptor, "embed_batch", refuse)
+    monkeypatch.setattr(Descriptor, "embed_images", refuse)
+    config = _config(images, tmp_path / "run", "epochs=1", "export=[]",
+                     "teacher=mobilenetv4_conv_small:dims=32,seed=3", "kd_target=random", "cached_views=2",
+                     f"cache_dir={tmp_path / 'cache'}", "bank_size=16", "kd_weight=1.0")
+    train(config, progress=False)
+    assert not list((tmp_path / "cache").glob("image-keys-*.npy"))  # nothing of the teacher's cached
+    log = list((tmp_path / "run" / "logs").rglob("metrics.csv"))[0].read_text()
+    assert "train/kd" in log.splitlines()[0]
+    for extra in ("kd_copy_threshold=0.5", "mixup=true"):
+        with pytest.raises(CopydistillError, match="kd_target=random is a control"):
+            _config(images, tmp_path / "bad", "teacher=mobilenetv4_conv_small:dims=32,seed=3",
+                    "kd_target=random", extra)
+
+
 def test_clean_keys_take_known_embeddings_and_embed_only_the_rest(images, tmp_path):
     """The quickstart hands the teacher's evaluation of the train split to ``image_teacher_keys``:
     the rows it has are taken as they are, the missing images embedded, the result cached."""
@@ -937,8 +969,8 @@ def test_kd_predictor_is_trained_with_the_student_and_not_exported(predictor):
     from copydistill.train.teacher import TorchTeacher
 
     config = options(arch="resnet18", dims=16, batch_size=4, image_size=32, mixup=False, teacher="x",
-                         bank_size=16, kd_weight=1.0, kd_regression_weight=1.0, kd_relation_weight=1.0,
-                     kd_predictor=predictor)
+                     bank_size=16, kd_weight=1.0, kd_regression_weight=1.0, kd_relation_weight=1.0,
+                     kd_nontarget_weight=1.0, kd_predictor=predictor)
     module = DistillationModule(config, TorchTeacher(_tiny_teacher(), 32))  # 16-d student, 32-d teacher
     module.log = module.log_dict = lambda *a, **k: None
     batch = {"views": torch.randint(0, 256, (4, 2, 3, 32, 32), dtype=torch.uint8), "index": torch.arange(4),
@@ -947,6 +979,8 @@ def test_kd_predictor_is_trained_with_the_student_and_not_exported(predictor):
     head = module.kd_head.weight if predictor == "linear" else module.kd_head[0].weight
     assert head.grad is not None and head.grad.abs().sum() > 0
     assert not any(k.startswith("kd_head") for k in module.student.state_dict())
+    with pytest.raises(CopydistillError, match="kd_nontarget_weight=-1.0 is out of range"):
+        options(teacher="x", kd_nontarget_weight=-1.0)
 
 
 def test_kd_predictor_batchnorm_centres_the_distilled_feature_and_keeps_its_width():

@@ -19,7 +19,9 @@ PRECISIONS = ("auto", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "
               "64-true", "64")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 KD_VIEWS = ("both", "query")  # the teacher sees both views (§2.4) or view0 only (RDCD §3.2)
-KD_TARGETS = ("view", "clean")  # the teacher embeds each view, or each unedited image once
+# the teacher embeds each view, or each unedited image once; random: a seeded random unit key per
+# image instead of the teacher's (a control: the clean-key term's shape without the teacher)
+KD_TARGETS = ("view", "clean", "random")
 
 
 def _alias(section: object, name: str) -> str:
@@ -178,8 +180,10 @@ class DistillationConfig:
     views: str = "both"  # views the teacher sees: both (§2.4) | query (view0 only, RDCD §3.2)
     regression_weight: float = 0.0  # >0: + w·(2 − 2cos(student, own teacher key)) (KeyRegression)
     relation_weight: float = 0.0  # >0: + w·KL of the batch's view similarities (BatchRelationDistillation)
+    nontarget_weight: float = 0.0  # >0: + w·KL of the bank distributions without each row's own key
     predictor: str = "none"  # none: the feature itself (§2.4) | linear | mlp | batchnorm (centred)
-    target: str = "view"  # view: the teacher embeds each view | clean: each unedited image once
+    target: str = "view"  # view: the teacher embeds each view | clean: each unedited image once |
+    #                       random: a fixed random unit key per image (a control, no teacher knowledge)
     start_epoch: float = 0.0  # >0: KD terms weigh 0 before this epoch (the bank fills meanwhile)
     end_epoch: float = 0.0  # >0: KD terms weigh 0 from this epoch on (an early distillation phase)
     copy_threshold: float = 0.0  # >0: train images the teacher sees as copies (cosine above) are
@@ -192,7 +196,8 @@ class DistillationConfig:
 
         if not self.teacher:
             raise CopydistillError("teacher is empty: pass a model spec, or teacher=null for no distillation")
-        for name in ("weight", "regression_weight", "relation_weight", "start_epoch", "end_epoch"):
+        for name in ("weight", "regression_weight", "relation_weight", "nontarget_weight", "start_epoch",
+                     "end_epoch"):
             _check_range(self, name, 0)
         if self.end_epoch and self.end_epoch <= self.start_epoch:
             raise CopydistillError(f"kd_end_epoch {self.end_epoch} must come after kd_start_epoch "
@@ -330,6 +335,10 @@ class TrainConfig:
         if self.objective.sscd.directclr_dim > self.student.dims:
             raise CopydistillError(f"directclr_dim={self.objective.sscd.directclr_dim} cannot exceed "
                                    f"dims={self.student.dims}")
+        kd = self.distillation
+        if kd is not None and kd.target == "random" and (kd.copy_threshold or self.objective.sscd.mixup):
+            raise CopydistillError("kd_target=random is a control without the teacher's keys: it takes neither "
+                                   "kd_copy_threshold nor mixup (both need the teacher)")
         if self.objective.kind == "moco" and self.distillation is not None and self.distillation.copy_threshold:
             raise CopydistillError("kd_copy_threshold adds InfoNCE positives: it needs contrastive=sscd")
         if self.objective.kind == "moco" and self.distillation is not None and self.student.kd_dim is None:
@@ -357,7 +366,8 @@ RENAMED = {
     "kd_student_temperature": "distillation.student_temperature", "kd_objective": "distillation.objective",
     "kd_prepend_current": "distillation.prepend_current", "kd_views": "distillation.views",
     "kd_regression_weight": "distillation.regression_weight",
-    "kd_relation_weight": "distillation.relation_weight", "kd_predictor": "distillation.predictor",
+    "kd_relation_weight": "distillation.relation_weight",
+    "kd_nontarget_weight": "distillation.nontarget_weight", "kd_predictor": "distillation.predictor",
     "kd_target": "distillation.target", "kd_start_epoch": "distillation.start_epoch",
     "kd_end_epoch": "distillation.end_epoch",
     "kd_copy_threshold": "distillation.copy_threshold",

@@ -58,6 +58,18 @@ class MemoryBank(nn.Module):
 
 
 OBJECTIVES = ("cross_entropy", "kl")
+OWN_KEY_COSINE = 1.0 - 1e-4  # a bank key this close to a row's teacher key is that row's own key
+
+
+def _masked_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor,
+               masked: torch.Tensor) -> torch.Tensor:
+    """mean_i KL(softmax(t_i) ‖ softmax(s_i)) over the columns not ``masked`` in row i."""
+    teacher_logits = teacher_logits.masked_fill(masked, float("-inf"))
+    student_logits = student_logits.masked_fill(masked, float("-inf"))
+    log_p_teacher = F.log_softmax(teacher_logits, dim=1)
+    log_p_student = F.log_softmax(student_logits, dim=1)
+    terms = log_p_teacher.exp() * (log_p_teacher - log_p_student)
+    return terms.masked_fill(masked, 0.0).sum(1).mean()
 
 
 class SimilarityDistillation(nn.Module):
@@ -69,11 +81,18 @@ class SimilarityDistillation(nn.Module):
 
     The two differ by the teacher entropy, a constant for the student (same gradients).
     ``prepend_current``: A = [keys of this global batch ; queue] (thesis) or A = queue (§3.4).
+
+    ``nontarget_weight`` β > 0 adds β · KL(p̂_t ‖ p̂_s) over the *non-target* keys alone (both
+    distributions renormalised without the row's own key(s): the key equal to t_i, twice with
+    ``kd_target: clean``). At τ = 0.05 the teacher puts ~all its mass on a row's own key (cosine 1
+    against ~0.1–0.3 for other images), which multiplies what it knows about the *other* images —
+    which are near-copies, which merely alike — by 1 − p_t(own) ≈ 0; the separate term gives that
+    knowledge its own weight (decoupled KD's non-target term, Zhao et al., CVPR 2022).
     """
 
     def __init__(self, bank: MemoryBank, teacher_temperature: float = 0.05,
                  student_temperature: float = 0.05, *, prepend_current: bool = True,
-                 objective: str = "cross_entropy"):
+                 objective: str = "cross_entropy", nontarget_weight: float = 0.0):
         super().__init__()
         if objective not in OBJECTIVES:
             raise ValueError(f"distillation objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
@@ -84,6 +103,9 @@ class SimilarityDistillation(nn.Module):
         self.student_temperature = student_temperature
         self.prepend_current = prepend_current
         self.objective = objective
+        if nontarget_weight < 0:
+            raise ValueError("the non-target distillation weight must be >= 0")
+        self.nontarget_weight = nontarget_weight
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, enqueue: bool = True) -> tuple[torch.Tensor, dict]:
         """``student`` (n, d) L2 features with grad; ``teacher`` (n, d) keys, no grad."""
@@ -97,15 +119,24 @@ class SimilarityDistillation(nn.Module):
         queue = self.bank.queue.clone()
         bank = (torch.cat([keys, queue]) if self.prepend_current else queue).detach()
         with torch.autocast(student.device.type, enabled=False):  # fp32 logits: τ ≤ 0.05 under bf16
-            log_p_teacher = F.log_softmax(teacher @ bank.T / self.teacher_temperature, dim=1)
-            log_p_student = F.log_softmax(student.float() @ bank.T / self.student_temperature, dim=1)
+            teacher_similarity = teacher @ bank.T
+            teacher_logits = teacher_similarity / self.teacher_temperature
+            student_logits = student.float() @ bank.T / self.student_temperature
+            log_p_teacher = F.log_softmax(teacher_logits, dim=1)
+            log_p_student = F.log_softmax(student_logits, dim=1)
             p_teacher = log_p_teacher.exp()
             cross_entropy = -(p_teacher * log_p_student).sum(1).mean()
             kl = (p_teacher * (log_p_teacher - log_p_student)).sum(1).mean()
+            stats = {"kd_ce": cross_entropy.detach(), "kd_kl": kl.detach()}
+            loss = kl if self.objective == "kl" else cross_entropy
+            if self.nontarget_weight:
+                own = teacher_similarity > OWN_KEY_COSINE  # the row's own key(s)
+                nontarget = _masked_kl(teacher_logits, student_logits, own)
+                loss = loss + self.nontarget_weight * nontarget
+                stats["kd_nontarget_kl"] = nontarget.detach()
         if enqueue:
             self.bank.enqueue(keys)
-        loss = kl if self.objective == "kl" else cross_entropy
-        return loss, {"kd_ce": cross_entropy.detach(), "kd_kl": kl.detach()}
+        return loss, stats
 
 
 class KeyRegression(nn.Module):

@@ -187,6 +187,14 @@ class WithImageKeys(Dataset):
         return item
 
 
+def random_image_keys(count: int, dims: int, seed: int) -> np.ndarray:
+    """``kd_target: random``: a fixed random unit key per training image, ``(count, dims)``,
+    seeded — the clean-key term's instance classification against fixed, well-spread prototypes,
+    with nothing of what the teacher knows (a control; docs/quickstart.md, twelfth round)."""
+    keys = np.random.default_rng(seed).standard_normal((count, dims)).astype(np.float32)
+    return keys / np.linalg.norm(keys, axis=1, keepdims=True)
+
+
 def image_teacher_keys(folder: str | Path, teacher: Descriptor, cache_dir: str | Path,
                        progress: bool = True, known: Embeddings | None = None) -> np.ndarray:
     """The teacher's key of every unedited training image at the teacher's own resize policy

@@ -71,7 +71,7 @@ class DistillationModule(DescriptorModule):
         self.distill = SimilarityDistillation(
             MemoryBank(teacher.dims, kd.bank_size, seed=config.trainer.seed),
             kd.teacher_temperature, kd.student_temperature, prepend_current=kd.prepend_current,
-            objective=kd.objective,
+            objective=kd.objective, nontarget_weight=kd.nontarget_weight,
         )
         self.key_regression = KeyRegression() if kd.regression_weight else None
         self.relation = (BatchRelationDistillation(kd.teacher_temperature, kd.student_temperature)

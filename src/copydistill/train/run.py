@@ -27,6 +27,7 @@ from copydistill.train.data import (
     WithImageKeys,
     build_view_cache,
     image_teacher_keys,
+    random_image_keys,
 )
 from copydistill.train.copies import TeacherCopies, image_embeddings
 from copydistill.train.distillation import DistillationModule
@@ -251,6 +252,8 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
     if kd and kd.target == "clean":
         dataset = WithImageKeys(dataset, image_teacher_keys(data.train_images, teacher_descriptor,
                                                             cache_dir, progress))
+    elif kd and kd.target == "random":  # the control: seeded by the views' seed, not the trainer's
+        dataset = WithImageKeys(dataset, random_image_keys(len(dataset), teacher_descriptor.dims, view_seed))
     copies = None
     if kd and kd.copy_threshold:
         copies = teacher_copies(dataset, kd.copy_threshold, data.train_images, teacher_descriptor,
