@@ -66,7 +66,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--force-bf16", action="store_true")
-    parser.add_argument("--compile", action="store_true", help="also measure torch.compile'd students")
+    parser.add_argument("--compile", action="store_true",
+                        help="also measure torch.compile'd students")
     args = parser.parse_args()
     variants = {"fp32": (False, False), "fp32 + channels_last": (False, True)}
     if cpu_has_bf16() or args.force_bf16:

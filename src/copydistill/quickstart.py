@@ -113,7 +113,8 @@ def run_quickstart(out: str | Path, size: str = "small", seed: int = 0, recipe: 
         kd_terms.append(f"the train images the teacher sees as copies of each other (cosine > "
                         f"{kd.copy_threshold}) as InfoNCE positives, paired in batches")
     if kd.weight:
-        towards = {"clean": "the teacher's keys of the unedited images", "view": "the teacher's keys of the views",
+        towards = {"clean": "the teacher's keys of the unedited images",
+                   "view": "the teacher's keys of the views",
                    "random": "fixed random keys of the train images (a control: no teacher knowledge)"}
         kd_terms.append(f"memory-bank similarity distillation towards {towards[kd.target]} (weight "
                         f"{kd.weight}, bank {kd.bank_size}"

@@ -85,9 +85,11 @@ class SimilarityDistillation(nn.Module):
     ``nontarget_weight`` β > 0 adds β · KL(p̂_t ‖ p̂_s) over the *non-target* keys alone (both
     distributions renormalised without the row's own key(s): the key equal to t_i, twice with
     ``kd_target: clean``). At τ = 0.05 the teacher puts ~all its mass on a row's own key (cosine 1
-    against ~0.1–0.3 for other images), which multiplies what it knows about the *other* images —
-    which are near-copies, which merely alike — by 1 − p_t(own) ≈ 0; the separate term gives that
-    knowledge its own weight (decoupled KD's non-target term, Zhao et al., CVPR 2022).
+    against 0.49 for the nearest other train image and 0.03 on average, for the quickstart's
+    keys), which multiplies what it knows about the *other* images — which are near-copies, which
+    merely alike — by 1 − p_t(own) ≈ 10⁻⁴; the separate term gives that knowledge its own weight
+    (decoupled KD's non-target term, Zhao et al., CVPR 2022; measured worse at 160 steps,
+    docs/quickstart.md, twelfth round).
     """
 
     def __init__(self, bank: MemoryBank, teacher_temperature: float = 0.05,
