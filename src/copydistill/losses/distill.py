@@ -182,10 +182,6 @@ class BatchRelationDistillation(nn.Module):
         with torch.autocast(student.device.type, enabled=False):
             student = gather_with_grad(F.normalize(student.float(), dim=1))
             self_pairs = torch.eye(student.shape[0], dtype=torch.bool, device=student.device)
-            t = (teacher @ teacher.T / self.teacher_temperature).masked_fill(self_pairs, float("-inf"))
-            s = (student @ student.T / self.student_temperature).masked_fill(self_pairs, float("-inf"))
-            log_p_teacher, log_p_student = F.log_softmax(t, dim=1), F.log_softmax(s, dim=1)
-            p_teacher = log_p_teacher.exp()
-            terms = p_teacher * (log_p_teacher - log_p_student)
-            kl = terms.masked_fill(self_pairs, 0.0).sum(1).mean()
+            kl = _masked_kl(teacher @ teacher.T / self.teacher_temperature,
+                            student @ student.T / self.student_temperature, self_pairs)
         return kl, {"kd_relation_kl": kl.detach()}
